@@ -1,0 +1,22 @@
+PYTHON ?= python3
+
+.PHONY: install install-clis test lint bench
+
+# llmrun itself with its test tools, plus the Claude Code CLI when npm is there and claude is not.
+install:
+	$(PYTHON) -m pip install -e '.[dev]'
+	@command -v claude >/dev/null || { command -v npm >/dev/null && npm install -g --no-audit --no-fund @anthropic-ai/claude-code; } || true
+
+# The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
+install-clis:
+	npm install -g --no-audit --no-fund @anthropic-ai/claude-code
+
+test:
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check llmrun tests fixtures bench
+	$(PYTHON) -m mypy
+
+bench:
+	$(PYTHON) bench/stream_latency.py

@@ -1,0 +1,76 @@
+"""llmrun: the AI command-line tools you already have, behind one provider interface.
+
+    from llmrun import get_runner, ChatRequest, Message
+    runner = get_runner("claude_code")
+    response = await runner.complete(ChatRequest(messages=[Message.user("hi")], model="sonnet"))
+
+Names are imported on first use, so `import llmrun` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "get_runner": "registry",
+    "get_runner_class": "registry",
+    "runner_names": "registry",
+    "Runner": "runners.base",
+    "CliRunner": "runners.base",
+    "Parser": "runners.base",
+    "Invocation": "process",
+    "Limits": "process",
+}
+for _name in (
+    "AgentEvent Capabilities ChatChunk ChatRequest ChatResponse HealthReport ImagePart Message ModelInfo "
+    "RunnerMetadata TextPart ToolCall ToolSpec Usage"
+).split():
+    _EXPORTS[_name] = "types"
+for _name in (
+    "LlmrunError ConfigError RunnerNotFound RunnerError BinaryNotFound AuthenticationError RateLimitError "
+    "ServiceUnavailable ModelNotFound ContextLengthExceeded SessionNotFound RunnerTimeout ProcessFailed "
+    "OutputParseError OutputTooLarge Cancelled UnsupportedFeature Overloaded"
+).split():
+    _EXPORTS[_name] = "errors"
+
+__all__ = sorted([*_EXPORTS, "complete", "__version__"])
+
+if TYPE_CHECKING:
+    from .errors import *  # noqa: F403
+    from .process import Invocation, Limits
+    from .registry import get_runner, get_runner_class, runner_names
+    from .runners.base import CliRunner, Parser, Runner
+    from .types import *  # noqa: F403
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def complete(runner: str, prompt: Any, **fields: Any) -> Any:
+    """Run one prompt to completion without an event loop of your own.
+
+        llmrun.complete("claude_code", "Say hi", model="sonnet", system="Be terse")
+
+    `prompt` is a string or a ChatRequest; `fields` are ChatRequest fields. Returns a
+    ChatResponse; raises an LlmrunError subclass on failure.
+    """
+    import asyncio
+
+    from .registry import get_runner
+    from .types import ChatRequest
+
+    request = prompt if isinstance(prompt, ChatRequest) else ChatRequest.of(str(prompt), **fields)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(get_runner(runner).complete(request))
+    raise RuntimeError("llmrun.complete() is for code without an event loop; use `await runner.complete()`")

@@ -1,0 +1,392 @@
+"""The only place in llmrun that starts processes.
+
+Every child gets its own process group (a new session), so that one signal reaches the
+tool and everything it started: launchers that do not forward signals (copilot's node
+loader) and agent subprocesses included. stdin is never inherited: the prompt is written
+and the pipe closed, or it is /dev/null. stdout is read as raw bytes and framed here;
+stderr is drained concurrently into a bounded tail so that a flood can neither deadlock
+the child nor eat memory. No shell, ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import codecs
+import contextlib
+import errno
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BinaryNotFound, ConfigError, OutputTooLarge, RunnerError, RunnerTimeout
+
+READ_SIZE = 256 * 1024
+# After the tool exits, stdout normally closes at once; if something it started keeps the
+# pipe open and silent for this long, reading stops (the straggler is killed on close).
+AFTER_EXIT_QUIET = 0.5
+
+# Process groups of children still alive; killed at interpreter exit whatever happened.
+_live_groups: set[int] = set()
+
+
+@atexit.register
+def _kill_survivors() -> None:
+    for pgid in list(_live_groups):
+        _signal_group(pgid, signal.SIGKILL)
+    _live_groups.clear()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+@dataclass
+class Invocation:
+    """Everything needed to start one run of a tool."""
+
+    argv: list[str]
+    stdin: bytes | None = None
+    """Written to the child's stdin, which is then closed; None gives the child /dev/null."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Set in the child's environment, over the parent's."""
+    env_defaults: Mapping[str, str] = field(default_factory=dict)
+    """Set only where the parent's environment lacks them (so a user's own choice wins)."""
+    env_remove: tuple[str, ...] = ()
+    cwd: str | None = None
+    pty: bool = False
+    """Run on a pseudo-terminal, for tools that refuse to work without one."""
+    temp_files: list[str] = field(default_factory=list)
+    """Files written for this run (a long system prompt, say), removed when it ends."""
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in self.env_remove:
+            env.pop(name, None)
+        for name, value in self.env_defaults.items():
+            env.setdefault(name, value)
+        env.update(self.env)
+        return env
+
+
+@dataclass
+class Limits:
+    stall_timeout: float | None = 300.0
+    """No stdout for this long ends the run (tools think silently, so be generous)."""
+    timeout: float | None = None
+    """Hard limit on the whole run."""
+    max_line_bytes: int = 64 * 1024 * 1024
+    stderr_tail_bytes: int = 64 * 1024
+    kill_grace: float = 3.0
+    """Between SIGTERM to the group and SIGKILL."""
+    exit_grace: float = 5.0
+    """How long a tool may linger after its output is complete before it is killed."""
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Child:
+    """A running tool. Use through `spawn()`, which guarantees the group is gone afterwards."""
+
+    def __init__(self, invocation: Invocation, limits: Limits) -> None:
+        self.invocation = invocation
+        self.limits = limits
+        self.pid = 0
+        self.started = time.monotonic()
+        self._stderr = bytearray()
+        self._tasks: list[asyncio.Future[Any]] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pty: Any = None
+        self._pty_queue: asyncio.Queue[bytes] | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._closed = False
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        inv = self.invocation
+        if inv.cwd is not None and not os.path.isdir(inv.cwd):
+            raise ConfigError(f"working directory does not exist: {inv.cwd}")
+        try:
+            if inv.pty:
+                await self._start_pty()
+            else:
+                await self._start_pipes()
+        except FileNotFoundError as exc:
+            raise BinaryNotFound(f"cannot run {inv.argv[0]}: not found") from exc
+        except PermissionError as exc:
+            raise BinaryNotFound(f"cannot run {inv.argv[0]}: not executable") from exc
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise RunnerError("the command line is too long for the operating system") from exc
+            raise RunnerError(f"cannot start {inv.argv[0]}: {exc}") from exc
+        _live_groups.add(self.pid)
+
+    async def _start_pipes(self) -> None:
+        inv = self.invocation
+        proc = await asyncio.create_subprocess_exec(
+            *inv.argv,
+            stdin=asyncio.subprocess.PIPE if inv.stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=inv.cwd,
+            env=inv.child_env(),
+            start_new_session=True,
+        )
+        self._proc, self.pid = proc, proc.pid
+        self._exited = asyncio.ensure_future(proc.wait())
+        self._tasks.append(asyncio.ensure_future(self._drain_stderr()))
+        if inv.stdin is not None:
+            self._tasks.append(asyncio.ensure_future(self._feed_stdin(inv.stdin)))
+
+    async def _start_pty(self) -> None:
+        from ptyprocess import PtyProcess  # only the pty mode needs it
+
+        inv = self.invocation
+        self._pty = PtyProcess.spawn(inv.argv, cwd=inv.cwd, env=inv.child_env(), dimensions=(50, 200))
+        self.pid = self._pty.pid
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pty_queue = queue
+
+        def on_readable() -> None:
+            try:
+                data = os.read(self._pty.fd, READ_SIZE)
+            except OSError:  # EIO: every holder of the terminal has gone
+                data = b""
+            if not data:
+                loop.remove_reader(self._pty.fd)
+            queue.put_nowait(data)
+
+        loop.add_reader(self._pty.fd, on_readable)
+        self._exited = loop.run_in_executor(None, self._wait_pty)
+        if inv.stdin is not None:
+            self._pty.write(inv.stdin)
+            self._pty.sendeof()
+
+    def _wait_pty(self) -> int:
+        self._pty.wait()
+        status = self._pty.exitstatus
+        return int(status) if status is not None else -int(self._pty.signalstatus or signal.SIGKILL)
+
+    async def _feed_stdin(self, data: bytes) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        # A child that exits without reading its stdin is its own business, not an error here.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._proc.stdin.close()
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        keep = self.limits.stderr_tail_bytes
+        while data := await self._proc.stderr.read(READ_SIZE):
+            self._stderr += data
+            if len(self._stderr) > 2 * keep:
+                del self._stderr[:-keep]
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        if self._exited is not None and self._exited.done() and not self._exited.cancelled():
+            return self._exited.result()
+        return None
+
+    def stderr_tail(self) -> str:
+        return bytes(self._stderr[-self.limits.stderr_tail_bytes :]).decode("utf-8", "replace")
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        if self._pty_queue is not None:
+            return await self._pty_queue.get()
+        assert self._proc is not None and self._proc.stdout is not None
+        return await self._proc.stdout.read(READ_SIZE)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Raw stdout as it arrives, until EOF.
+
+        Raises RunnerTimeout on a stall or when the hard timeout passes. When the tool itself
+        has exited but something it started still holds stdout open, reading stops after a
+        short quiet spell instead of waiting for that straggler.
+        """
+        assert self._exited is not None
+        limits = self.limits
+        deadline = self.started + limits.timeout if limits.timeout else None
+        last_output = time.monotonic()
+        read: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if read is None:
+                    read = asyncio.ensure_future(self._read())
+                exited = self._exited.done()
+                timeout, expiry = self._next_timeout(exited, last_output, deadline)
+                pending = {read} if exited else {read, self._exited}
+                done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if read in done:
+                    data = read.result()
+                    read = None
+                    if not data:
+                        return
+                    last_output = time.monotonic()
+                    yield data
+                elif not done:
+                    if expiry == "quiet":
+                        return  # the tool is gone; whatever still holds the pipe is killed on close
+                    if expiry == "hard":
+                        raise RunnerTimeout(f"the run exceeded its {limits.timeout:g} s time limit")
+                    raise RunnerTimeout(f"no output for {limits.stall_timeout:g} s (stall timeout)")
+        finally:
+            if read is not None and not read.done():
+                read.cancel()
+
+    def _next_timeout(self, exited: bool, last_output: float, deadline: float | None) -> tuple[float | None, str]:
+        """How long the next read may wait, and which limit expires then."""
+        now = time.monotonic()
+        timeout: float | None = None
+        expiry = ""
+        if exited:
+            timeout, expiry = AFTER_EXIT_QUIET, "quiet"
+        elif self.limits.stall_timeout is not None:
+            timeout, expiry = last_output + self.limits.stall_timeout - now, "stall"
+        if deadline is not None and (timeout is None or deadline - now < timeout):
+            timeout, expiry = deadline - now, "hard"
+        return (max(0.0, timeout) if timeout is not None else None), expiry
+
+    async def lines(self) -> AsyncIterator[str]:
+        """stdout as complete lines, blank ones skipped.
+
+        Framing happens on raw bytes: b"\\n" never occurs inside a multibyte UTF-8 sequence,
+        so each complete line decodes on its own, whatever the read boundaries were.
+        """
+        cap = self.limits.max_line_bytes
+        pending = bytearray()
+        async for data in self.chunks():
+            if b"\n" not in data:
+                pending += data
+                if len(pending) > cap:
+                    raise OutputTooLarge(f"a line of output exceeded {cap} bytes")
+                continue
+            parts = data.split(b"\n")
+            if pending:
+                pending += parts[0]
+                parts[0] = bytes(pending)
+            for raw in parts[:-1]:
+                if len(raw) > cap:
+                    raise OutputTooLarge(f"a line of output exceeded {cap} bytes")
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                if line.strip():
+                    yield line
+            pending = bytearray(parts[-1])
+            if len(pending) > cap:
+                raise OutputTooLarge(f"a line of output exceeded {cap} bytes")
+        tail = pending.decode("utf-8", "replace").rstrip("\r")
+        if tail.strip():
+            yield tail
+
+    async def text(self) -> AsyncIterator[str]:
+        """stdout as text pieces as soon as they arrive, for tools that stream plain text."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        async for data in self.chunks():
+            if piece := decoder.decode(data):
+                yield strip_ansi(piece) if self._pty is not None else piece
+        if piece := decoder.decode(b"", final=True):
+            yield piece
+
+    # --- ending --------------------------------------------------------------------------
+
+    async def wait(self) -> int:
+        """Wait for the tool to exit; one that lingers past `exit_grace` is stopped."""
+        assert self._exited is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exited), self.limits.exit_grace)
+        except asyncio.TimeoutError:
+            await self.close()
+            return self.returncode if self.returncode is not None else -signal.SIGKILL
+
+    async def close(self) -> None:
+        """SIGTERM the group, give it `kill_grace`, SIGKILL whatever is left, reap."""
+        if self._closed:
+            return
+        self._closed = True
+        assert self._exited is not None
+        if not self._exited.done():
+            _signal_group(self.pid, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), self.limits.kill_grace)
+        # Also after a clean exit: grandchildren left in the group (or ignoring SIGTERM) go too.
+        _signal_group(self.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), self.limits.kill_grace)
+        _live_groups.discard(self.pid)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pty is not None:
+            with contextlib.suppress(OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self._pty.fd)
+                self._pty.close(force=True)
+        elif self._proc is not None:
+            transport = getattr(self._proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+
+
+@contextlib.asynccontextmanager
+async def spawn(invocation: Invocation, limits: Limits | None = None) -> AsyncIterator[Child]:
+    """Start a tool; on leaving the block, for whatever reason, its process group is gone."""
+    child = Child(invocation, limits or Limits())
+    try:
+        await child.start()
+        yield child
+    finally:
+        if child.pid:
+            closing = asyncio.ensure_future(child.close())
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                await closing  # cleanup is bounded by kill_grace; finish it, then let the cancel through
+                raise
+        for path in invocation.temp_files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+async def run_command(
+    argv: list[str],
+    *,
+    timeout: float = 15.0,
+    env: Mapping[str, str] | None = None,
+    env_remove: tuple[str, ...] = (),
+    stdin: bytes | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run a short command (a version or status check) and collect its output."""
+    invocation = Invocation(argv=argv, stdin=stdin, env=env or {}, env_remove=env_remove, cwd=cwd)
+    limits = Limits(stall_timeout=None, timeout=timeout, exit_grace=1.0, kill_grace=1.0)
+    async with spawn(invocation, limits) as child:
+        out = bytearray()
+        async for data in child.chunks():
+            out += data
+        code = await child.wait()
+        return CommandResult(code, out.decode("utf-8", "replace"), child.stderr_tail())
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+
+
+def strip_ansi(text: str) -> str:
+    """Terminal escapes (colours, cursor moves, titles) out; CRLF from a pty back to LF."""
+    return _ANSI.sub("", text).replace("\r\n", "\n")

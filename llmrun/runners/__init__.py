@@ -1,0 +1,1 @@
+"""One module per tool; `base` holds the contract they share."""

@@ -1,0 +1,321 @@
+"""The runner contract, and the machinery shared by every runner that drives a CLI.
+
+`Runner` is the interface (after embacle's LlmProvider): name, display name, capabilities,
+default and available models, `complete`, `stream`, `health`. `CliRunner` implements it
+once for all command-line tools: resolve the binary, build an `Invocation`, run it through
+`process.spawn`, feed stdout to a `Parser`, and turn the exit into a result or a typed
+error. A runner file then holds only its tool's specifics: the command line, the parser,
+and how the tool says it is logged in.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, ClassVar, Literal
+
+from .. import process
+from ..config import RunnerSettings, runner_settings
+from ..errors import (
+    AuthenticationError,
+    BinaryNotFound,
+    OutputParseError,
+    ProcessFailed,
+    RunnerError,
+    UnsupportedFeature,
+)
+from ..types import (
+    Capabilities,
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    HealthReport,
+    ModelInfo,
+    RunnerMetadata,
+)
+
+
+class Parser:
+    """Turns a tool's output into chunks. One per run; pure, no I/O.
+
+    `feed` gets each stdout line (or text piece, for plain-text tools) and returns the
+    chunks it completes; it must skip what it does not understand rather than raise. A
+    failure the tool reports in its output is kept in `error` (raised once the process has
+    ended, so it carries the exit code and stderr). `finished` is set when the tool's
+    output is complete, so a process that lingers afterwards can be stopped.
+    """
+
+    def __init__(self) -> None:
+        self.error: RunnerError | None = None
+        self.finished = False
+
+    def feed(self, line: str) -> list[ChatChunk]:
+        raise NotImplementedError
+
+    def close(self) -> list[ChatChunk]:
+        """Called after the process ended; returns any last chunks."""
+        return []
+
+
+class Runner(ABC):
+    """What every runner offers, whatever drives it."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    binary: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    default_model: str | None = None
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    builtin_models: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
+    """(model id, aliases) pairs known without asking the tool."""
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """The whole answer; by construction the same as concatenating `stream()`."""
+        started = time.monotonic()
+        chunks: list[ChatChunk] = []
+        async with aclosing(self.stream(request)) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+        duration = int((time.monotonic() - started) * 1000)
+        return ChatResponse.from_chunks(chunks, runner=self.name, duration_ms=duration)
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Chunks as the tool produces them; the last one has finish_reason and usage."""
+
+    @abstractmethod
+    async def health(self, probe: bool = False) -> HealthReport: ...
+
+    async def available_models(self, refresh: bool = False) -> list[ModelInfo]:
+        return self.known_models()
+
+    def known_models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(id=model, runner=self.name, aliases=list(aliases), is_default=self._is_default(model, aliases))
+            for model, aliases in self.builtin_models
+        ]
+
+    def _is_default(self, model: str, aliases: tuple[str, ...]) -> bool:
+        return self.default_model is not None and self.default_model in (model, *aliases)
+
+    def metadata(self) -> RunnerMetadata:
+        return RunnerMetadata(
+            name=self.name,
+            display_name=self.display_name,
+            binary=self.binary,
+            aliases=list(self.aliases),
+            default_model=self.default_model,
+            capabilities=self.capabilities,
+            models=self.known_models(),
+        )
+
+    async def aclose(self) -> None:
+        """Release what the runner holds (nothing for one-shot CLI runs)."""
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> str | None:
+    match = _VERSION.search(text)
+    return match.group(0) if match else None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+class CliRunner(Runner):
+    """A runner that runs a command-line tool once per request."""
+
+    framing: ClassVar[Literal["lines", "text"]] = "lines"
+    """How stdout is read: JSON lines, or plain text passed on as it arrives."""
+    install_hint: ClassVar[str] = ""
+    min_version: ClassVar[str | None] = None
+    env_remove: ClassVar[tuple[str, ...]] = ()
+    default_stall_timeout: ClassVar[float] = 300.0
+
+    def __init__(
+        self,
+        *,
+        binary: str | None = None,
+        default_model: str | None = None,
+        timeout: float | None = None,
+        stall_timeout: float | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        settings = settings or runner_settings(self.name)
+        self.binary_override = binary or settings.binary
+        self.default_model = default_model or settings.default_model or type(self).default_model
+        self.timeout = timeout or settings.timeout
+        self.stall_timeout = stall_timeout or settings.stall_timeout or self.default_stall_timeout
+        self.extra_args = list(extra_args if extra_args is not None else settings.extra_args)
+        self.env = {**settings.env, **(env or {})}
+
+    # --- what a runner file provides -----------------------------------------------------
+
+    @abstractmethod
+    def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        """The command line, stdin and environment for one request."""
+
+    @abstractmethod
+    def new_parser(self, request: ChatRequest) -> Parser: ...
+
+    def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
+        """The error for a non-zero exit that the tool's output did not explain."""
+        last = _last_line(stderr)
+        detail = f": {last}" if last else ""
+        return ProcessFailed(f"{self.display_name} exited with code {returncode}{detail}")
+
+    async def check_auth(self, binary: str) -> tuple[bool | None, str]:
+        """(logged in?, message). None when the tool has no cheap way to tell."""
+        return None, ""
+
+    # --- the shared pipeline -------------------------------------------------------------
+
+    def resolve_binary(self) -> str:
+        """The executable to run: the override if set, else `binary` on PATH."""
+        candidate = self.binary_override or self.binary
+        found = shutil.which(candidate)
+        if found is None:
+            env_var = f"LLMRUN_{self.name.upper()}_BIN"
+            where = f"{candidate!r} is not on PATH" if not self.binary_override else f"{candidate!r} does not exist"
+            raise BinaryNotFound(
+                f"{self.display_name} is not installed: {where}",
+                runner=self.name,
+                hint=f"install it with `{self.install_hint}`, or point {env_var} at it"
+                if self.install_hint
+                else f"point {env_var} at it",
+            )
+        return found
+
+    def model_for(self, request: ChatRequest) -> str | None:
+        return request.model or self.default_model
+
+    def limits_for(self, request: ChatRequest) -> process.Limits:
+        return process.Limits(
+            stall_timeout=request.stall_timeout or self.stall_timeout,
+            timeout=request.timeout or self.timeout,
+        )
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Refuse what the tool cannot do, rather than silently dropping it."""
+        if request.tools:
+            raise UnsupportedFeature(
+                "client-defined tools are not passed to CLI tools by a plain run; "
+                "use llmrun's tool emulation instead",
+                runner=self.name,
+            )
+        if not self.capabilities.images and any(m.images for m in request.messages):
+            raise UnsupportedFeature(f"{self.display_name} does not take images through llmrun", runner=self.name)
+        if request.json_schema is not None and not self.capabilities.json_schema:
+            raise UnsupportedFeature(f"{self.display_name} has no structured output option", runner=self.name)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        self.check_request(request)
+        invocation = self.build_invocation(request, self.resolve_binary())
+        if self.extra_args:
+            invocation.argv[1:1] = self.extra_args
+        invocation.env = {**self.env, **invocation.env}
+        parser = self.new_parser(request)
+        held: list[ChatChunk] = []  # final chunks wait until the exit status is known
+        async with process.spawn(invocation, self.limits_for(request)) as child:
+            try:
+                source = child.lines() if self.framing == "lines" else child.text()
+                async with aclosing(source) as pieces:
+                    async for piece in pieces:
+                        for chunk in parser.feed(piece):
+                            if chunk.is_final:
+                                held.append(chunk)
+                            else:
+                                yield chunk
+                        if parser.finished:
+                            break
+                finished_before_exit = parser.finished
+                returncode = await child.wait()
+                for chunk in parser.close():
+                    if chunk.is_final:
+                        held.append(chunk)
+                    else:
+                        yield chunk
+                error = self._outcome(parser, returncode, child.stderr_tail(), finished_before_exit)
+            except RunnerError as exc:
+                raise exc.with_process(runner=self.name, exit_code=child.returncode, stderr=child.stderr_tail())
+            if error is not None:
+                raise error.with_process(runner=self.name, exit_code=returncode, stderr=child.stderr_tail())
+        if not held:
+            held.append(ChatChunk(finish_reason="stop"))
+        for chunk in held:
+            yield chunk
+
+    def _outcome(self, parser: Parser, returncode: int, stderr: str, finished_before_exit: bool) -> RunnerError | None:
+        if parser.error is not None:
+            return parser.error
+        if returncode != 0 and not (finished_before_exit and returncode < 0):
+            # A negative code after complete output means llmrun stopped a lingering tool.
+            return self.error_for_exit(returncode, stderr)
+        if not parser.finished and self.framing == "lines":
+            return OutputParseError(f"{self.display_name} ended without completing its answer")
+        return None
+
+    # --- health --------------------------------------------------------------------------
+
+    async def health(self, probe: bool = False) -> HealthReport:
+        started = time.monotonic()
+
+        def report(status: Any, **fields: Any) -> HealthReport:
+            fields.setdefault("latency_ms", int((time.monotonic() - started) * 1000))
+            return HealthReport(runner=self.name, status=status, **fields)
+
+        try:
+            binary = self.resolve_binary()
+        except BinaryNotFound as exc:
+            return report("not_installed", message=str(exc), hint=exc.hint)
+        try:
+            result = await process.run_command([binary, "--version"], env_remove=self.env_remove)
+        except RunnerError as exc:
+            return report("error", binary=binary, message=f"`{binary} --version` failed: {exc}")
+        version = parse_version(result.stdout) or parse_version(result.stderr)
+        if result.returncode != 0 or version is None:
+            detail = _last_line(result.stderr) or _last_line(result.stdout)
+            return report("error", binary=binary, message=f"`--version` exited with {result.returncode}: {detail}")
+        if self.min_version and version_tuple(version) < version_tuple(self.min_version):
+            return report(
+                "outdated",
+                binary=binary,
+                version=version,
+                message=f"version {version} is older than {self.min_version}, the oldest llmrun supports",
+                hint=f"upgrade with `{self.install_hint}`" if self.install_hint else None,
+            )
+        authenticated, message = await self.check_auth(binary)
+        if authenticated is False:
+            return report("unauthenticated", binary=binary, version=version, authenticated=False, message=message,
+                          hint=self.login_hint())
+        if not probe:
+            return report("ok", binary=binary, version=version, authenticated=authenticated, message=message)
+        probe_started = time.monotonic()
+        try:
+            await self.complete(ChatRequest.of("Reply with the single word: ok", timeout=120))
+        except AuthenticationError as exc:
+            return report("unauthenticated", binary=binary, version=version, authenticated=False, message=str(exc),
+                          hint=self.login_hint())
+        except RunnerError as exc:
+            return report("error", binary=binary, version=version, authenticated=authenticated,
+                          message=f"probe failed: {type(exc).__name__}: {exc}")
+        latency = int((time.monotonic() - probe_started) * 1000)
+        return report("ok", binary=binary, version=version, authenticated=True, latency_ms=latency,
+                      message="probe answered")
+
+    def login_hint(self) -> str | None:
+        return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""

@@ -1,0 +1,135 @@
+"""Claude Code (`claude`), in print mode with stream-json output.
+
+The prompt goes over stdin (never argv: visible in `ps`, limited to 128 KiB), text streams
+token by token (`--include-partial-messages`), and the built-in agent tools are off
+(`--tools ""`) unless the request allows them. A session named in the request is resumed
+with `--resume`; otherwise history is flattened into the prompt.
+
+Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
+`max_budget_usd`, `fallback_model`, and `extra_args` (a list appended to the command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from .. import process
+from ..errors import ProcessFailed, RunnerError, SessionNotFound
+from ..prompting import flatten_conversation, new_turns
+from ..types import Capabilities, ChatRequest
+from .base import CliRunner, Parser
+from .stream_json import StreamJsonParser
+
+# Longer system prompts go through a file: argv is visible to every user and bounded.
+SYSTEM_PROMPT_ARGV_LIMIT = 16 * 1024
+
+OPTION_FLAGS = {
+    "permission_mode": "--permission-mode",
+    "max_turns": "--max-turns",
+    "effort": "--effort",
+    "max_budget_usd": "--max-budget-usd",
+    "fallback_model": "--fallback-model",
+}
+
+
+class ClaudeParser(StreamJsonParser):
+    login_hint = "run `claude auth login`, or set ANTHROPIC_API_KEY"
+
+
+class ClaudeCodeRunner(CliRunner):
+    name = "claude_code"
+    display_name = "Claude Code"
+    binary = "claude"
+    aliases = ("claude",)
+    default_model = "sonnet"
+    install_hint = "npm install -g @anthropic-ai/claude-code"
+    min_version = "2.0.0"
+    # Set when llmrun itself runs inside Claude Code; the child would refuse to start.
+    env_remove = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT", "CLAUDE_AGENT_SDK_VERSION")
+    capabilities = Capabilities(
+        streaming=True,
+        token_streaming=True,
+        thinking=True,
+        agent_tools=True,
+        sessions=True,
+        system_prompt=True,
+        json_schema=True,
+        usage=True,
+        cost=True,
+    )
+    builtin_models = (
+        ("claude-sonnet-5", ("sonnet",)),
+        ("claude-opus-4-8", ("opus",)),
+        ("claude-haiku-4-5-20251001", ("haiku",)),
+        ("claude-fable-5", ("fable",)),
+    )
+
+    def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        argv = [binary, "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+        if model := self.model_for(request):
+            argv += ["--model", model]
+        if not request.allow_tools:
+            argv += ["--tools", ""]
+        temp_files: list[str] = []
+        if system := request.system_prompt():
+            if len(system.encode()) <= SYSTEM_PROMPT_ARGV_LIMIT:
+                argv += ["--system-prompt", system]
+            else:
+                path = _write_temp(system)
+                temp_files.append(path)
+                argv += ["--system-prompt-file", path]
+        if request.session_id:
+            argv += ["--resume", request.session_id]
+            prompt = flatten_conversation(new_turns(request.messages))
+        else:
+            prompt = flatten_conversation(request.messages)
+        if request.json_schema is not None:
+            argv += ["--json-schema", json.dumps(request.json_schema)]
+        for key, flag in OPTION_FLAGS.items():
+            if key in request.options:
+                argv += [flag, str(request.options[key])]
+        argv += [str(arg) for arg in request.options.get("extra_args", [])]
+        return process.Invocation(
+            argv=argv,
+            stdin=prompt.encode(),
+            env_remove=self.env_remove,
+            # Claude retries 5xx/429 for minutes by default; a bounded count fails in seconds.
+            env_defaults={"CLAUDE_CODE_MAX_RETRIES": "2"},
+            cwd=request.cwd,
+            temp_files=temp_files,
+        )
+
+    def new_parser(self, request: ChatRequest) -> Parser:
+        return ClaudeParser()
+
+    def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
+        if "No conversation found" in stderr:
+            return SessionNotFound(stderr.strip().splitlines()[-1])
+        if "requires --verbose" in stderr or "unknown option" in stderr:
+            return ProcessFailed(
+                f"this claude does not accept llmrun's flags: {stderr.strip()[:300]}",
+                hint=f"upgrade with `{self.install_hint}`",
+            )
+        return super().error_for_exit(returncode, stderr)
+
+    async def check_auth(self, binary: str) -> tuple[bool | None, str]:
+        result = await process.run_command([binary, "auth", "status"], env_remove=self.env_remove)
+        try:
+            status = json.loads(result.stdout)
+        except ValueError:
+            return (result.returncode == 0), result.stdout.strip() or result.stderr.strip()
+        logged_in = bool(status.get("loggedIn"))
+        method = status.get("authMethod") or "none"
+        return logged_in, f"auth method: {method}" if logged_in else "not logged in"
+
+    def login_hint(self) -> str | None:
+        return ClaudeParser.login_hint
+
+
+def _write_temp(text: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="llmrun-system-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path

@@ -1,0 +1,217 @@
+"""The stream-json event dialect of Claude Code, which Qwen Code speaks too.
+
+One JSON object per line: `system` (init, status, api_retry), `stream_event` wrapping the
+raw Anthropic streaming events (with `--include-partial-messages`), `assistant` (one line
+per content block, whole), `user` (tool results) and a final `result` with usage, cost
+and errors. Text is streamed from the deltas; the whole `assistant` block that follows
+is used only when no delta for it came, so nothing is emitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..errors import (
+    AuthenticationError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    RateLimitError,
+    RunnerError,
+    ServiceUnavailable,
+)
+from ..types import AgentEvent, ChatChunk, FinishReason, Usage
+from .base import Parser
+
+STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+_CONTEXT = re.compile(r"prompt is too long|context (length|window)|too many tokens", re.I)
+_MODEL = re.compile(r"model.*(not found|not exist|may not exist|not available)|selected model", re.I)
+_UNREACHABLE = re.compile(r"unable to connect|connection (refused|error)|fetch failed|ENOTFOUND|ECONNREFUSED", re.I)
+
+
+class StreamJsonParser(Parser):
+    """Parses one run's stream-json output."""
+
+    login_hint: str | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session_id: str | None = None
+        self.model: str | None = None
+        self.sent_text = False
+        self._message_id: str | None = None
+        self._streamed: set[tuple[str | None, str]] = set()  # (message id, block type) sent as deltas
+        self._assistant_error: str | None = None
+
+    def feed(self, line: str) -> list[ChatChunk]:
+        if not line.startswith("{"):
+            return []  # debug noise some builds print on stdout
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return []
+        if not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        if kind == "stream_event":
+            return self._stream_event(event)
+        if kind == "assistant":
+            return self._assistant(event)
+        if kind == "user":
+            return self._user(event)
+        if kind == "system":
+            return self._system(event)
+        if kind == "result":
+            return self._result(event)
+        return []  # unknown event types are expected as tools evolve
+
+    # --- events --------------------------------------------------------------------------
+
+    def _system(self, event: dict[str, Any]) -> list[ChatChunk]:
+        subtype = event.get("subtype")
+        if subtype == "init":
+            self.session_id = event.get("session_id") or self.session_id
+            return []
+        if subtype == "api_retry":
+            status = event.get("error_status")
+            message = f"retry {event.get('attempt')}/{event.get('max_retries')} after {status} {event.get('error') or ''}"
+            return [ChatChunk(agent_event=AgentEvent(kind="retry", message=message.strip()))]
+        return []
+
+    def _stream_event(self, event: dict[str, Any]) -> list[ChatChunk]:
+        if event.get("parent_tool_use_id"):
+            return []  # a sub-agent's stream, not the answer
+        inner = event.get("event")
+        if not isinstance(inner, dict):
+            return []
+        kind = inner.get("type")
+        if kind == "message_start":
+            message = inner.get("message") or {}
+            self._message_id = message.get("id")
+            self._note_model(message.get("model"))
+        elif kind == "content_block_delta":
+            delta = inner.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self._streamed.add((self._message_id, "text"))
+                self.sent_text = True
+                return [ChatChunk(delta=delta["text"])]
+            if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                self._streamed.add((self._message_id, "thinking"))
+                return [ChatChunk(thinking=delta["thinking"])]
+        return []
+
+    def _assistant(self, event: dict[str, Any]) -> list[ChatChunk]:
+        if event.get("parent_tool_use_id"):
+            return []
+        if event.get("error"):
+            # A synthetic message carrying an error text; the `result` line says the rest.
+            self._assistant_error = str(event["error"])
+            return []
+        message = event.get("message") or {}
+        self._note_model(message.get("model"))
+        message_id = message.get("id")
+        chunks: list[ChatChunk] = []
+        for block in message.get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "text" and block.get("text") and (message_id, "text") not in self._streamed:
+                self.sent_text = True
+                chunks.append(ChatChunk(delta=block["text"]))
+            elif kind == "thinking" and block.get("thinking") and (message_id, "thinking") not in self._streamed:
+                chunks.append(ChatChunk(thinking=block["thinking"]))
+            elif kind == "tool_use":
+                use = AgentEvent(kind="tool_use", id=block.get("id"), name=block.get("name"), input=block.get("input"))
+                chunks.append(ChatChunk(agent_event=use))
+        return chunks
+
+    def _user(self, event: dict[str, Any]) -> list[ChatChunk]:
+        content = (event.get("message") or {}).get("content")
+        if event.get("parent_tool_use_id") or not isinstance(content, list):
+            return []
+        return [
+            ChatChunk(
+                agent_event=AgentEvent(
+                    kind="tool_result",
+                    id=block.get("tool_use_id"),
+                    output=block.get("content"),
+                    is_error=bool(block.get("is_error")),
+                )
+            )
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+
+    def _result(self, event: dict[str, Any]) -> list[ChatChunk]:
+        self.finished = True
+        self.session_id = event.get("session_id") or self.session_id
+        if event.get("is_error") or str(event.get("subtype", "")).startswith("error"):
+            self.error = self.error_from_result(event)
+            return []
+        chunks: list[ChatChunk] = []
+        result = event.get("result")
+        if not self.sent_text and isinstance(result, str) and result:
+            chunks.append(ChatChunk(delta=result))  # the tool printed no message events
+        for denial in event.get("permission_denials") or []:
+            if isinstance(denial, dict):
+                chunks.append(ChatChunk(agent_event=AgentEvent(
+                    kind="permission_denied", id=denial.get("tool_use_id"), name=denial.get("tool_name"),
+                    input=denial.get("tool_input"), is_error=True,
+                )))
+        cost = event.get("total_cost_usd")
+        chunks.append(ChatChunk(
+            finish_reason=STOP_REASONS.get(str(event.get("stop_reason")), "stop"),
+            usage=self.usage_from(event.get("usage") or {}),
+            session_id=self.session_id,
+            model=self.model,
+            cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+        ))
+        return chunks
+
+    # --- helpers a tool may refine -------------------------------------------------------
+
+    def _note_model(self, model: Any) -> None:
+        if isinstance(model, str) and model and not model.startswith("<"):
+            self.model = model
+
+    @staticmethod
+    def usage_from(usage: dict[str, Any]) -> Usage:
+        def count(key: str) -> int:
+            value = usage.get(key)
+            return int(value) if isinstance(value, (int, float)) else 0
+
+        return Usage(
+            input_tokens=count("input_tokens"),
+            output_tokens=count("output_tokens"),
+            cache_read_tokens=count("cache_read_input_tokens"),
+            cache_write_tokens=count("cache_creation_input_tokens"),
+        )
+
+    def error_from_result(self, event: dict[str, Any]) -> RunnerError:
+        """The typed error for a failed `result`, from the HTTP status and the tool's words."""
+        errors = event.get("errors")
+        text = event.get("result") or ("; ".join(map(str, errors)) if isinstance(errors, list) else "") or str(
+            event.get("subtype") or "the tool reported an error"
+        )
+        status = event.get("api_error_status")
+        status = status if isinstance(status, int) else None
+        flag = self._assistant_error or ""
+        if status in (401, 403) or flag == "authentication_failed" or "not logged in" in text.lower():
+            return AuthenticationError(text, hint=self.login_hint)
+        if status == 429 or flag == "rate_limit":
+            return RateLimitError(text)
+        if (status is not None and status >= 500) or flag in ("server_error", "overloaded") or _UNREACHABLE.search(text):
+            return ServiceUnavailable(text)
+        if _CONTEXT.search(text):
+            return ContextLengthExceeded(text)
+        if status == 404 or _MODEL.search(text):
+            return ModelNotFound(text)
+        return RunnerError(text)

@@ -1,0 +1,446 @@
+"""A mock Anthropic Messages API on 127.0.0.1 for llmrun's tests.
+
+Good enough to run the real Claude Code CLI (2.1.x) end to end: it speaks the
+same SSE event sequence as api.anthropic.com, so the CLI's stream-json output
+(including ``--include-partial-messages``) looks exactly like it does in
+production.  Stdlib only, so tests need nothing beyond pytest.
+
+Usage::
+
+    with MockAnthropic() as api:
+        api.scenario = "tool_use"
+        env = {"ANTHROPIC_BASE_URL": api.url, ...}
+        ...
+        assert api.message_requests[-1]["json"]["model"] == "claude-sonnet-5"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+__all__ = ["MockAnthropic", "SCENARIOS", "DEFAULT_TEXT"]
+
+DEFAULT_TEXT = "Hello from mock"
+SLOW_WORDS = ["one ", "two ", "three ", "four ", "five ", "six"]
+INPUT_TOKENS = 12
+OUTPUT_TOKENS = 7
+
+TOOL_NAME = "Bash"
+TOOL_INPUT = {"command": "echo mock-tool-ran", "description": "Print a marker"}
+TOOL_PREAMBLE = "I will run a command."
+THINKING_DELTAS = ["Let me think. ", "Done thinking."]
+
+# status, error.type, error.message, extra headers — as api.anthropic.com sends them
+HTTP_ERRORS: dict[str, tuple[int, str, str, dict[str, str]]] = {
+    "http_401": (401, "authentication_error", "invalid x-api-key", {}),
+    "http_429": (
+        429,
+        "rate_limit_error",
+        "Number of request tokens has exceeded your per-minute rate limit",
+        {"retry-after": "0"},
+    ),
+    "http_500": (500, "api_error", "Internal server error", {}),
+    "http_529": (529, "overloaded_error", "Overloaded", {"retry-after": "0"}),
+}
+
+SCENARIOS = (
+    "text",
+    "thinking",
+    "tool_use",
+    "usage_cached",
+    "slow",
+    "hang",
+    *HTTP_ERRORS,
+)
+
+Event = tuple[str, dict[str, Any]]
+
+
+def _hex() -> str:
+    return uuid.uuid4().hex[:24]
+
+
+def split_deltas(text: str, pieces: int = 3) -> list[str]:
+    """Split text into about `pieces` deltas on word boundaries (spaces kept)."""
+    words = re.findall(r"\S+\s*|\s+", text)
+    if len(words) <= pieces:
+        return words
+    # Spread the words evenly so a long override still arrives as ~3 deltas.
+    out: list[str] = []
+    size, extra = divmod(len(words), pieces)
+    i = 0
+    for n in range(pieces):
+        step = size + (1 if n < extra else 0)
+        out.append("".join(words[i : i + step]))
+        i += step
+    return out
+
+
+def _error_body(err_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": err_type, "message": message}}
+
+
+class _Block:
+    """One content block of the answer: its start, its deltas and its final form."""
+
+    def __init__(self, start: dict[str, Any], deltas: list[dict[str, Any]], final: dict[str, Any]):
+        self.start = start
+        self.deltas = deltas
+        self.final = final
+
+
+def _text_block(text: str) -> _Block:
+    deltas = [{"type": "text_delta", "text": t} for t in split_deltas(text)]
+    return _Block({"type": "text", "text": ""}, deltas, {"type": "text", "text": text})
+
+
+def _words_block(words: list[str]) -> _Block:
+    deltas = [{"type": "text_delta", "text": t} for t in words]
+    text = "".join(words)
+    return _Block({"type": "text", "text": ""}, deltas, {"type": "text", "text": text})
+
+
+def _thinking_block() -> _Block:
+    signature = "mock-signature-" + _hex()
+    deltas: list[dict[str, Any]] = [{"type": "thinking_delta", "thinking": t} for t in THINKING_DELTAS]
+    deltas.append({"type": "signature_delta", "signature": signature})
+    final = {"type": "thinking", "thinking": "".join(THINKING_DELTAS), "signature": signature}
+    return _Block({"type": "thinking", "thinking": "", "signature": ""}, deltas, final)
+
+
+def _tool_use_block() -> _Block:
+    tool_id = "toolu_mock_" + _hex()
+    raw = json.dumps(TOOL_INPUT)
+    # Uneven slices, like the real API, so clients must buffer partial JSON.
+    cuts = list(range(0, len(raw), 13)) + [len(raw)]
+    deltas = [
+        {"type": "input_json_delta", "partial_json": raw[a:b]} for a, b in zip(cuts, cuts[1:]) if raw[a:b]
+    ]
+    start = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": {}}
+    final = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": dict(TOOL_INPUT)}
+    return _Block(start, deltas, final)
+
+
+def _last_user_has_tool_result(body: dict[str, Any]) -> bool:
+    # Claude Code interleaves role "system" messages, so look for the last *user* one.
+    for msg in reversed(body.get("messages") or []):
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        return isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+        )
+    return False
+
+
+class _Answer:
+    """A whole assistant message, renderable as SSE events or as one JSON object."""
+
+    def __init__(self, model: str, blocks: list[_Block], stop_reason: str, cache_read: int = 0, cache_creation: int = 0):
+        self.id = "msg_mock_" + _hex()
+        self.model = model
+        self.blocks = blocks
+        self.stop_reason = stop_reason
+        self.usage = {
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+            "cache_creation_input_tokens": cache_creation,
+            "cache_read_input_tokens": cache_read,
+        }
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [b.final for b in self.blocks],
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+            "usage": dict(self.usage),
+        }
+
+    def events(self) -> Iterator[tuple[Event, bool]]:
+        """Yield (event, is_delta); the flag lets the server pace deltas only."""
+        start_msg = self.message()
+        start_msg.update(content=[], stop_reason=None)
+        # The real API reports a provisional output_tokens of 1 in message_start.
+        start_msg["usage"] = dict(self.usage, output_tokens=1)
+        yield ("message_start", {"type": "message_start", "message": start_msg}), False
+        for index, block in enumerate(self.blocks):
+            yield ("content_block_start", {"type": "content_block_start", "index": index, "content_block": block.start}), False
+            if index == 0:
+                # The real API sends its ping right after the first block opens.
+                yield ("ping", {"type": "ping"}), False
+            for delta in block.deltas:
+                yield ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}), True
+            yield ("content_block_stop", {"type": "content_block_stop", "index": index}), False
+        yield (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT_TOKENS},
+            },
+        ), False
+        yield ("message_stop", {"type": "message_stop"}), False
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    mock: "MockAnthropic"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients vanishing mid-request is normal here (killed CLIs, close()); real bugs still print.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 so clients may keep the connection alive, like with the real API.
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # keep pytest output clean
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.mock._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.mock._track(self.connection, add=False)
+
+    # --- plumbing -------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _record(self, body: bytes) -> tuple[str, dict[str, Any] | None]:
+        path, _, query = self.path.partition("?")
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+        self.server.mock._record(
+            {
+                "method": self.command,
+                "path": path,
+                "query": query,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "json": parsed,
+            }
+        )
+        return path, parsed if isinstance(parsed, dict) else None
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", "req_mock_" + _hex())
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_empty(self, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        # Chunked transfer so each SSE event is flushed on its own, as the real API does.
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    # --- verbs ----------------------------------------------------------
+
+    def do_HEAD(self) -> None:
+        path, _ = self._record(b"")
+        if path == "/":
+            self._send_empty()
+        else:
+            self._send_json(404, _error_body("not_found_error", f"Not found: {path}"))
+
+    def do_GET(self) -> None:
+        self.do_HEAD()
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        path, body = self._record(raw)
+        mock = self.server.mock
+        if path == "/v1/messages/count_tokens":
+            self._send_json(200, {"input_tokens": INPUT_TOKENS})
+            return
+        if path != "/v1/messages":
+            self._send_json(404, _error_body("not_found_error", f"Not found: {path}"))
+            return
+        if body is None:
+            self._send_json(400, _error_body("invalid_request_error", "Request body must be a JSON object"))
+            return
+
+        scenario = mock.scenario
+        if scenario == "hang":
+            # Say nothing until the mock closes; then drop the connection.
+            mock._closing.wait()
+            self.close_connection = True
+            return
+        if scenario in HTTP_ERRORS:
+            status, err_type, message, headers = HTTP_ERRORS[scenario]
+            self._send_json(status, _error_body(err_type, message), headers)
+            return
+
+        answer = mock._answer(scenario, body)
+        if answer is None:
+            self._send_json(500, _error_body("api_error", f"mock: unknown scenario {scenario!r}"))
+            return
+        if body.get("stream"):
+            self._stream(answer, scenario)
+        else:
+            self._send_json(200, answer.message())
+
+    def _stream(self, answer: _Answer, scenario: str) -> None:
+        mock = self.server.mock
+        delay = mock.token_delay or (0.2 if scenario == "slow" else 0.0)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("request-id", "req_mock_" + _hex())
+        self.end_headers()
+        try:
+            for (name, data), is_delta in answer.events():
+                if is_delta and delay > 0 and mock._closing.wait(delay):
+                    self.close_connection = True
+                    return  # mock is closing: abandon the stream mid-way
+                self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # client gave up (e.g. the CLI was killed) or we are closing
+
+
+class MockAnthropic:
+    """Mock Anthropic Messages API served from a daemon thread on 127.0.0.1.
+
+    Attributes tests may change at any time (each request reads them afresh):
+
+    - ``scenario``: one of ``SCENARIOS``.
+    - ``token_delay``: seconds to wait before each SSE delta (``slow`` uses 0.2 when 0).
+    - ``text``: answer text for text-like scenarios (default ``"Hello from mock"``).
+    - ``requests``: every request received, as dicts with ``method``, ``path`` (no query),
+      ``query``, ``headers`` (lower-cased keys) and ``json`` (parsed body or None).
+    """
+
+    def __init__(self, scenario: str = "text", *, token_delay: float = 0.0, text: str = DEFAULT_TEXT) -> None:
+        self.scenario = scenario
+        self.token_delay = token_delay
+        self.text = text
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.mock = self
+        self.port: int = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="mock-anthropic", daemon=True
+        )
+        self._thread.start()
+
+    # --- test-facing helpers ---------------------------------------------
+
+    @property
+    def message_requests(self) -> list[dict[str, Any]]:
+        """Only the ``POST /v1/messages`` requests, oldest first."""
+        with self._lock:
+            return [r for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages"]
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait until at least ``n`` messages requests arrived (for hang/cancel tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.message_requests) >= n:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        """Stop serving; releases hanging handlers and drops open connections."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            # Wakes handler threads parked on idle keep-alive connections.
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "MockAnthropic":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- used by the handler ---------------------------------------------
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _answer(self, scenario: str, body: dict[str, Any]) -> _Answer | None:
+        model = str(body.get("model") or "claude-mock")
+        text = self.text
+        if scenario == "text":
+            return _Answer(model, [_text_block(text)], "end_turn")
+        if scenario == "usage_cached":
+            return _Answer(model, [_text_block(text)], "end_turn", cache_read=100, cache_creation=20)
+        if scenario == "thinking":
+            return _Answer(model, [_thinking_block(), _text_block(text)], "end_turn")
+        if scenario == "slow":
+            return _Answer(model, [_words_block(SLOW_WORDS)], "end_turn")
+        if scenario == "tool_use":
+            if _last_user_has_tool_result(body):
+                return _Answer(model, [_text_block(f"Tool finished: {text}")], "end_turn")
+            return _Answer(model, [_text_block(TOOL_PREAMBLE), _tool_use_block()], "tool_use")
+        return None
