@@ -50,6 +50,7 @@ class StreamJsonParser(Parser):
         self._message_id: str | None = None
         self._streamed: set[tuple[str | None, str]] = set()  # (message id, block type) sent as deltas
         self._assistant_error: str | None = None
+        self._last_text_message: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
         if not line.startswith("{"):
@@ -101,8 +102,7 @@ class StreamJsonParser(Parser):
             delta = inner.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 self._streamed.add((self._message_id, "text"))
-                self.sent_text = True
-                return [ChatChunk(delta=delta["text"])]
+                return [self._text(self._message_id, delta["text"])]
             if delta.get("type") == "thinking_delta" and delta.get("thinking"):
                 self._streamed.add((self._message_id, "thinking"))
                 return [ChatChunk(thinking=delta["thinking"])]
@@ -124,8 +124,7 @@ class StreamJsonParser(Parser):
                 continue
             kind = block.get("type")
             if kind == "text" and block.get("text") and (message_id, "text") not in self._streamed:
-                self.sent_text = True
-                chunks.append(ChatChunk(delta=block["text"]))
+                chunks.append(self._text(message_id, block["text"]))
             elif kind == "thinking" and block.get("thinking") and (message_id, "thinking") not in self._streamed:
                 chunks.append(ChatChunk(thinking=block["thinking"]))
             elif kind == "tool_use":
@@ -177,6 +176,14 @@ class StreamJsonParser(Parser):
         return chunks
 
     # --- helpers a tool may refine -------------------------------------------------------
+
+    def _text(self, message_id: str | None, text: str) -> ChatChunk:
+        # Text of a later message (the answer after a tool ran) starts a new paragraph.
+        if self.sent_text and message_id != self._last_text_message:
+            text = "\n\n" + text
+        self.sent_text = True
+        self._last_text_message = message_id
+        return ChatChunk(delta=text)
 
     def _note_model(self, model: Any) -> None:
         if isinstance(model, str) and model and not model.startswith("<"):

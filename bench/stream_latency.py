@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""How much llmrun's process layer adds between an AI CLI and the caller.
+
+    python3 bench/stream_latency.py            # full run, about a minute
+    python3 bench/stream_latency.py --quick    # a few seconds, for a smoke test
+
+Three measurements, each side by side with a bare-subprocess baseline taken in the same
+run (the machine may be shared and noisy, so absolute times mean little; the ratios and
+differences are the figures to read):
+
+1. chunk latency: a delta written by the tool until `runner.stream()` yields it,
+2. `runner.complete()` wall time against the bare fake CLI, and the import cost,
+3. throughput of one big answer written as fast as the tool can.
+
+Standard library and llmrun only. Nothing here asserts on times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EMITTER = HERE / "emit_stream_json.py"
+FAKE = ROOT / "fixtures" / "bin" / "claude"
+FAKE_ENV = {"LLMRUN_FAKE_SCENARIO": "mock-stream-json-partial", "LLMRUN_FAKE_DELAY": "0"}
+
+sys.path.insert(0, str(ROOT))  # a plain checkout runs without installing llmrun
+
+from llmrun.config import RunnerSettings  # noqa: E402
+from llmrun.runners.claude_code import ClaudeCodeRunner  # noqa: E402
+from llmrun.types import ChatRequest  # noqa: E402
+
+
+@dataclass
+class Plan:
+    latency_runs: int
+    latency_deltas: int
+    gap_us: int
+    complete_runs: int
+    import_runs: int
+    big_deltas: int
+
+
+FULL = Plan(latency_runs=5, latency_deltas=200, gap_us=2000, complete_runs=30, import_runs=10, big_deltas=20_000)
+QUICK = Plan(latency_runs=2, latency_deltas=50, gap_us=2000, complete_runs=5, import_runs=3, big_deltas=2_000)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: an observed value, no interpolation."""
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def runner_for(binary: Path, env: dict[str, str]) -> ClaudeCodeRunner:
+    # Empty settings: a user's config file or LLMRUN_* variables must not change what is measured.
+    return ClaudeCodeRunner(binary=str(binary), env=env, settings=RunnerSettings())
+
+
+def emitter_env(deltas: int, gap_us: int) -> dict[str, str]:
+    return {"EMIT_DELTAS": str(deltas), "EMIT_GAP_US": str(gap_us)}
+
+
+def delta_text(line: bytes) -> str | None:
+    """The text of a stream-json text_delta line, else None."""
+    event = json.loads(line)
+    inner = event.get("event") or {}
+    if event.get("type") == "stream_event" and inner.get("type") == "content_block_delta":
+        delta = inner.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            return str(delta.get("text"))
+    return None
+
+
+# Both readers return (time the delta reached the caller, the delta's text) pairs and do
+# no other work while the stream runs, so what differs is only the path the bytes take.
+
+
+async def read_with_llmrun(env: dict[str, str]) -> list[tuple[int, str]]:
+    runner = runner_for(EMITTER, env)
+    seen: list[tuple[int, str]] = []
+    async for chunk in runner.stream(ChatRequest.of("hi")):
+        if chunk.delta:
+            seen.append((time.monotonic_ns(), chunk.delta))
+    return seen
+
+
+def read_bare(env: dict[str, str]) -> list[tuple[int, str]]:
+    """The floor: Popen, readline, json.loads, in this same process."""
+    seen: list[tuple[int, str]] = []
+    with subprocess.Popen([str(EMITTER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env={**os.environ, **env}) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"hi")
+        proc.stdin.close()
+        for line in iter(proc.stdout.readline, b""):
+            if (text := delta_text(line)) is not None:
+                seen.append((time.monotonic_ns(), text))
+    return seen
+
+
+def latencies_us(seen: list[tuple[int, str]], expected: int) -> list[float]:
+    if len(seen) != expected:
+        raise SystemExit(f"expected {expected} deltas, got {len(seen)}")
+    return [(at - int(text)) / 1000 for at, text in seen]
+
+
+def alternate(runs: int, first: Callable[[], None], second: Callable[[], None]) -> None:
+    """Run two measurements in turns, swapping which goes first, so drift hits both alike."""
+    for i in range(runs):
+        for step in (first, second) if i % 2 == 0 else (second, first):
+            step()
+
+
+# --- 1. chunk latency ------------------------------------------------------------------
+
+
+def chunk_latency(plan: Plan) -> dict[str, list[float]]:
+    env = emitter_env(plan.latency_deltas, plan.gap_us)
+    result: dict[str, list[float]] = {"bare": [], "llmrun": []}
+    alternate(
+        plan.latency_runs,
+        lambda: result["llmrun"].extend(latencies_us(asyncio.run(read_with_llmrun(env)), plan.latency_deltas)),
+        lambda: result["bare"].extend(latencies_us(read_bare(env), plan.latency_deltas)),
+    )
+    return result
+
+
+# --- 2. complete() overhead and import cost --------------------------------------------
+
+
+def complete_overhead(plan: Plan) -> dict[str, list[float]]:
+    runner = runner_for(FAKE, FAKE_ENV)
+    request = ChatRequest.of("hi")
+    # The bare run gets exactly the command line llmrun would build.
+    argv = runner.build_invocation(request, str(FAKE)).argv
+    env = {**os.environ, **FAKE_ENV}
+    times: dict[str, list[float]] = {"bare": [], "llmrun": []}
+
+    async def timed_complete() -> float:
+        started = time.perf_counter()
+        response = await runner.complete(request)
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.content != "Hello from mock":
+            raise SystemExit(f"unexpected answer from the fake: {response.content!r}")
+        return elapsed
+
+    def bare() -> None:
+        started = time.perf_counter()
+        subprocess.run(argv, input=b"hi", capture_output=True, env=env, check=True)
+        times["bare"].append((time.perf_counter() - started) * 1000)
+
+    alternate(plan.complete_runs, lambda: times["llmrun"].append(asyncio.run(timed_complete())), bare)
+    return times
+
+
+IMPORTS = {
+    "pass": "pass",
+    "import llmrun": "import llmrun",
+    "import llmrun; llmrun.ChatRequest": "import llmrun; llmrun.ChatRequest",
+}
+
+
+def import_cost(plan: Plan) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    for _ in range(plan.import_runs):
+        for name, code in IMPORTS.items():  # interleaved: one of each per round
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+            times[name].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+# --- 3. throughput ---------------------------------------------------------------------
+
+
+def rate(seen: list[tuple[int, str]]) -> float:
+    """Deltas per second from the first delta written to the last one received."""
+    return len(seen) / ((seen[-1][0] - int(seen[0][1])) / 1e9)
+
+
+def emitter_alone(env: dict[str, str]) -> float:
+    """The emitter's own ceiling: deltas per second when it writes to a file."""
+    with tempfile.TemporaryFile() as out:
+        subprocess.run([str(EMITTER)], input=b"hi", stdout=out, env={**os.environ, **env}, check=True)
+        out.seek(0)
+        stamps = [int(text) for line in out if (text := delta_text(line)) is not None]
+    return len(stamps) / ((stamps[-1] - stamps[0]) / 1e9)
+
+
+def throughput(plan: Plan) -> dict[str, float]:
+    env = emitter_env(plan.big_deltas, 0)
+    bare = read_bare(env)
+    llmrun = asyncio.run(read_with_llmrun(env))
+    latencies_us(bare, plan.big_deltas)  # both must have seen every delta
+    latencies_us(llmrun, plan.big_deltas)
+    return {"emitter": emitter_alone(env), "bare": rate(bare), "llmrun": rate(llmrun)}
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run, for a smoke test")
+    plan = QUICK if parser.parse_args().quick else FULL
+
+    print(f"llmrun stream bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{'quick' if plan is QUICK else 'full'} run, {time.strftime('%Y-%m-%d %H:%M')}")
+
+    lat = chunk_latency(plan)
+    print(f"\n1. chunk latency: write -> yield, {plan.latency_runs} runs x {plan.latency_deltas} deltas, "
+          f"{plan.gap_us / 1000:g} ms apart (µs)")
+    print(f"   {'':22}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for label, key in (("bare Popen+readline", "bare"), ("llmrun stream()", "llmrun")):
+        values = lat[key]
+        cells = [statistics.median(values), percentile(values, 90), percentile(values, 99), max(values)]
+        print(f"   {label:22}" + "".join(f"{v:9.0f}" for v in cells))
+    bare_median, llmrun_median = statistics.median(lat["bare"]), statistics.median(lat["llmrun"])
+    print(f"   llmrun median: {llmrun_median / bare_median:.2f}x the floor, {llmrun_median - bare_median:+.0f} µs")
+
+    times = complete_overhead(plan)
+    bare_ms, llmrun_ms = statistics.median(times["bare"]), statistics.median(times["llmrun"])
+    print(f"\n2. complete() on the fake CLI (mock-stream-json-partial, no delay), {plan.complete_runs} runs each "
+          f"interleaved, median ms")
+    print(f"   bare subprocess.run   {bare_ms:7.1f}")
+    print(f"   runner.complete()     {llmrun_ms:7.1f}   {llmrun_ms - bare_ms:+.1f} ms, {llmrun_ms / bare_ms:.2f}x")
+    imports = import_cost(plan)
+    print(f"   import cost, {plan.import_runs} runs each interleaved, median ms:")
+    base = statistics.median(imports["pass"])
+    for name, values in imports.items():
+        extra = "" if name == "pass" else f"   {statistics.median(values) - base:+.1f}"
+        print(f"     python -c {name!r:38}{statistics.median(values):7.1f}{extra}")
+
+    rates = throughput(plan)
+    print(f"\n3. throughput: one answer of {plan.big_deltas:,} deltas written back to back (deltas/s)")
+    print(f"   emitter alone, to a file  {rates['emitter']:10,.0f}")
+    print(f"   bare Popen+readline       {rates['bare']:10,.0f}")
+    print(f"   llmrun stream()           {rates['llmrun']:10,.0f}   {rates['llmrun'] / rates['bare']:.2f}x bare")
+
+
+if __name__ == "__main__":
+    main()

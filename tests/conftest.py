@@ -1,0 +1,135 @@
+"""Shared test set-up: no user config, fake CLIs on demand, process-table checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+FAKE_BIN = FIXTURES / "bin"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's llmrun config or LLMRUN_* variables."""
+    for name in list(os.environ):
+        if name.startswith("LLMRUN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-config.toml"))
+
+
+@dataclass
+class FakeTool:
+    """How one runner is driven against its fake CLI in the contract suite."""
+
+    runner: str
+    ok_scenario: str
+    ok_text: str
+    multibyte_scenario: str | None = None
+    multibyte_text: str = ""
+    error_scenarios: dict[str, str] = field(default_factory=dict)
+    """Transcript → name of the error class the runner must raise for it."""
+
+    @property
+    def binary(self) -> Path:
+        return FAKE_BIN / self.tool
+
+    @property
+    def tool(self) -> str:
+        from llmrun import get_runner_class
+
+        return get_runner_class(self.runner).binary
+
+
+FAKE_TOOLS = [
+    FakeTool(
+        runner="claude_code",
+        ok_scenario="mock-stream-json-partial",
+        ok_text="Hello from mock",
+        multibyte_scenario="multibyte-partial",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "mock-401-stream": "AuthenticationError",
+            "noauth-stream": "AuthenticationError",
+            "mock-529-stream-partial-retries2": "ServiceUnavailable",
+            "mock-500-stream-retries0": "ServiceUnavailable",
+        },
+    ),
+]
+
+
+class FakeRun:
+    """Drives a fake CLI through environment variables and reads what it recorded."""
+
+    def __init__(self, tool: FakeTool, monkeypatch: pytest.MonkeyPatch, record: Path) -> None:
+        self.tool = tool
+        self.monkeypatch = monkeypatch
+        self.record = record
+        monkeypatch.setenv(f"LLMRUN_{tool.runner.upper()}_BIN", str(tool.binary))
+        monkeypatch.setenv("LLMRUN_FAKE_RECORD", str(record))
+        self.scenario(tool.ok_scenario)
+
+    def scenario(self, name: str) -> None:
+        self.monkeypatch.setenv("LLMRUN_FAKE_SCENARIO", name)
+
+    def fault(self, spec: str) -> None:
+        self.monkeypatch.setenv("LLMRUN_FAKE_FAULT", spec)
+
+    def delay(self, seconds: float) -> None:
+        self.monkeypatch.setenv("LLMRUN_FAKE_DELAY", str(seconds))
+
+    def invocations(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.record.glob("invocation-*.json"))]
+
+    def pids(self) -> list[int]:
+        """Every process a run of the fake started: the fake itself and its grandchildren."""
+        pids = [inv["pid"] for inv in self.invocations()]
+        pids += [int(p.read_text()) for p in self.record.glob("grandchild-*.pid")]
+        return pids
+
+    def exited(self, pid: int) -> bool:
+        return (self.record / f"exited-{pid}").exists()
+
+    def runner(self, **settings: object):  # type: ignore[no-untyped-def]
+        from llmrun import get_runner
+
+        return get_runner(self.tool.runner, **settings)
+
+
+@pytest.fixture(params=FAKE_TOOLS, ids=lambda t: t.runner)
+def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
+    record = tmp_path / "record"
+    record.mkdir()
+    run = FakeRun(request.param, monkeypatch, record)
+    yield run
+    # Whatever a test did, leave nothing running.
+    for pid in run.pids():
+        if is_alive(pid):
+            os.kill(pid, 9)
+
+
+def is_alive(pid: int) -> bool:
+    """True when the pid is a live process (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def still_alive(pids: list[int], within: float = 5.0) -> list[int]:
+    """The pids still alive after waiting up to `within` seconds for them to go."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in pids if is_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
