@@ -28,19 +28,21 @@ def line(event: dict[str, object]) -> bytes:
 
 
 def stream_event(inner: dict[str, object], number: int) -> bytes:
-    return line({
-        "type": "stream_event",
-        "event": inner,
-        "session_id": SESSION,
-        "parent_tool_use_id": None,
-        "uuid": f"00000000-0000-4000-8000-{number:012d}",
-    })
+    return line(
+        {
+            "type": "stream_event",
+            "event": inner,
+            "session_id": SESSION,
+            "parent_tool_use_id": None,
+            "uuid": f"00000000-0000-4000-8000-{number:012d}",
+        }
+    )
 
 
 def write_all(data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(1, view):]
+        view = view[os.write(1, view) :]
 
 
 def main() -> int:
@@ -52,17 +54,33 @@ def main() -> int:
 
     write_all(line({"type": "system", "subtype": "init", "session_id": SESSION, "model": MODEL, "tools": []}))
     usage = {"input_tokens": 12, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    write_all(stream_event({"type": "message_start", "message": {
-        "id": MESSAGE, "type": "message", "role": "assistant", "model": MODEL, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": usage}}, 0))
+    write_all(
+        stream_event(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": MESSAGE,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": MODEL,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+            },
+            0,
+        )
+    )
     block = {"type": "text", "text": ""}
     write_all(stream_event({"type": "content_block_start", "index": 0, "content_block": block}, 1))
 
     # Split a delta line around its text once, so that between reading the clock and
     # writing only a string join happens.
     marker = "@@TEXT@@"
-    head, tail = stream_event({"type": "content_block_delta", "index": 0,
-                               "delta": {"type": "text_delta", "text": marker}}, 2).split(marker.encode())
+    head, tail = stream_event(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": marker}}, 2
+    ).split(marker.encode())
     texts: list[bytes] = []
     for i in range(deltas):
         if gap and i:
@@ -72,20 +90,56 @@ def main() -> int:
         texts.append(stamp)
 
     text = b"".join(texts).decode()
-    write_all(line({"type": "assistant", "message": {
-        "id": MESSAGE, "type": "message", "role": "assistant", "model": MODEL,
-        "content": [{"type": "text", "text": text}], "stop_reason": None, "usage": usage},
-        "parent_tool_use_id": None, "session_id": SESSION}))
+    write_all(
+        line(
+            {
+                "type": "assistant",
+                "message": {
+                    "id": MESSAGE,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": MODEL,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": None,
+                    "usage": usage,
+                },
+                "parent_tool_use_id": None,
+                "session_id": SESSION,
+            }
+        )
+    )
     write_all(stream_event({"type": "content_block_stop", "index": 0}, 3))
-    write_all(stream_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                            "usage": {"output_tokens": deltas}}, 4))
+    write_all(
+        stream_event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": deltas},
+            },
+            4,
+        )
+    )
     write_all(stream_event({"type": "message_stop"}, 5))
-    write_all(line({
-        "type": "result", "subtype": "success", "is_error": False, "num_turns": 1, "result": text,
-        "stop_reason": "end_turn", "session_id": SESSION, "total_cost_usd": 0.0,
-        "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                  "output_tokens": deltas},
-    }))
+    write_all(
+        line(
+            {
+                "type": "result",
+                "subtype": "success",
+                "is_error": False,
+                "num_turns": 1,
+                "result": text,
+                "stop_reason": "end_turn",
+                "session_id": SESSION,
+                "total_cost_usd": 0.0,
+                "usage": {
+                    "input_tokens": 12,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": deltas,
+                },
+            }
+        )
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much llmrun's process layer adds between an AI CLI and the caller.
 
-    python3 bench/stream_latency.py            # full run, about a minute
+    python3 bench/stream_latency.py            # full run, under a minute
     python3 bench/stream_latency.py --quick    # a few seconds, for a smoke test
 
 Three measurements, each side by side with a bare-subprocess baseline taken in the same
@@ -88,7 +88,7 @@ def delta_text(line: bytes) -> str | None:
     return None
 
 
-# Both readers return (time the delta reached the caller, the delta's text) pairs and do
+# Every reader returns (time the delta reached the caller, the delta's text) pairs and does
 # no other work while the stream runs, so what differs is only the path the bytes take.
 
 
@@ -104,8 +104,9 @@ async def read_with_llmrun(env: dict[str, str]) -> list[tuple[int, str]]:
 def read_bare(env: dict[str, str]) -> list[tuple[int, str]]:
     """The floor: Popen, readline, json.loads, in this same process."""
     seen: list[tuple[int, str]] = []
-    with subprocess.Popen([str(EMITTER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          env={**os.environ, **env}) as proc:
+    with subprocess.Popen(
+        [str(EMITTER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **env}
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"hi")
         proc.stdin.close()
@@ -115,16 +116,43 @@ def read_bare(env: dict[str, str]) -> list[tuple[int, str]]:
     return seen
 
 
-def latencies_us(seen: list[tuple[int, str]], expected: int) -> list[float]:
+async def read_asyncio(env: dict[str, str]) -> list[tuple[int, str]]:
+    """The event loop's floor: asyncio's own subprocess pipes and readline, no llmrun."""
+    seen: list[tuple[int, str]] = []
+    proc = await asyncio.create_subprocess_exec(
+        str(EMITTER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, **env}
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"hi")
+    proc.stdin.close()
+    while line := await proc.stdout.readline():
+        if (text := delta_text(line)) is not None:
+            seen.append((time.monotonic_ns(), text))
+    await proc.wait()
+    return seen
+
+
+READERS: dict[str, Callable[[dict[str, str]], list[tuple[int, str]]]] = {
+    "bare Popen+readline": read_bare,
+    "bare asyncio readline": lambda env: asyncio.run(read_asyncio(env)),
+    "llmrun stream()": lambda env: asyncio.run(read_with_llmrun(env)),
+}
+
+
+def check_count(seen: list[tuple[int, str]], expected: int) -> None:
     if len(seen) != expected:
         raise SystemExit(f"expected {expected} deltas, got {len(seen)}")
+
+
+def latencies_us(seen: list[tuple[int, str]], expected: int) -> list[float]:
+    check_count(seen, expected)
     return [(at - int(text)) / 1000 for at, text in seen]
 
 
-def alternate(runs: int, first: Callable[[], None], second: Callable[[], None]) -> None:
-    """Run two measurements in turns, swapping which goes first, so drift hits both alike."""
+def rotate(runs: int, steps: list[Callable[[], None]]) -> None:
+    """Run the steps in turns, each round starting one further on, so drift hits all alike."""
     for i in range(runs):
-        for step in (first, second) if i % 2 == 0 else (second, first):
+        for step in steps[i % len(steps) :] + steps[: i % len(steps)]:
             step()
 
 
@@ -133,12 +161,12 @@ def alternate(runs: int, first: Callable[[], None], second: Callable[[], None]) 
 
 def chunk_latency(plan: Plan) -> dict[str, list[float]]:
     env = emitter_env(plan.latency_deltas, plan.gap_us)
-    result: dict[str, list[float]] = {"bare": [], "llmrun": []}
-    alternate(
-        plan.latency_runs,
-        lambda: result["llmrun"].extend(latencies_us(asyncio.run(read_with_llmrun(env)), plan.latency_deltas)),
-        lambda: result["bare"].extend(latencies_us(read_bare(env), plan.latency_deltas)),
-    )
+    result: dict[str, list[float]] = {name: [] for name in READERS}
+
+    def step(name: str) -> Callable[[], None]:
+        return lambda: result[name].extend(latencies_us(READERS[name](env), plan.latency_deltas))
+
+    rotate(plan.latency_runs, [step(name) for name in READERS])
     return result
 
 
@@ -166,24 +194,21 @@ def complete_overhead(plan: Plan) -> dict[str, list[float]]:
         subprocess.run(argv, input=b"hi", capture_output=True, env=env, check=True)
         times["bare"].append((time.perf_counter() - started) * 1000)
 
-    alternate(plan.complete_runs, lambda: times["llmrun"].append(asyncio.run(timed_complete())), bare)
+    rotate(plan.complete_runs, [lambda: times["llmrun"].append(asyncio.run(timed_complete())), bare])
     return times
 
 
-IMPORTS = {
-    "pass": "pass",
-    "import llmrun": "import llmrun",
-    "import llmrun; llmrun.ChatRequest": "import llmrun; llmrun.ChatRequest",
-}
+# The attribute access is what loads pydantic: `import llmrun` alone imports names lazily.
+IMPORTS = ("pass", "import llmrun", "import llmrun; llmrun.ChatRequest")
 
 
 def import_cost(plan: Plan) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    times: dict[str, list[float]] = {code: [] for code in IMPORTS}
     for _ in range(plan.import_runs):
-        for name, code in IMPORTS.items():  # interleaved: one of each per round
+        for code in IMPORTS:  # interleaved: one of each per round
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-            times[name].append((time.perf_counter() - started) * 1000)
+            times[code].append((time.perf_counter() - started) * 1000)
     return times
 
 
@@ -206,11 +231,12 @@ def emitter_alone(env: dict[str, str]) -> float:
 
 def throughput(plan: Plan) -> dict[str, float]:
     env = emitter_env(plan.big_deltas, 0)
-    bare = read_bare(env)
-    llmrun = asyncio.run(read_with_llmrun(env))
-    latencies_us(bare, plan.big_deltas)  # both must have seen every delta
-    latencies_us(llmrun, plan.big_deltas)
-    return {"emitter": emitter_alone(env), "bare": rate(bare), "llmrun": rate(llmrun)}
+    rates = {"emitter alone, to a file": emitter_alone(env)}
+    for name, read in READERS.items():
+        seen = read(env)
+        check_count(seen, plan.big_deltas)
+        rates[name] = rate(seen)
+    return rates
 
 
 # --- report ----------------------------------------------------------------------------
@@ -221,38 +247,49 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run, for a smoke test")
     plan = QUICK if parser.parse_args().quick else FULL
 
-    print(f"llmrun stream bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"{'quick' if plan is QUICK else 'full'} run, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"llmrun stream bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{'quick' if plan is QUICK else 'full'} run, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
 
     lat = chunk_latency(plan)
-    print(f"\n1. chunk latency: write -> yield, {plan.latency_runs} runs x {plan.latency_deltas} deltas, "
-          f"{plan.gap_us / 1000:g} ms apart (µs)")
-    print(f"   {'':22}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
-    for label, key in (("bare Popen+readline", "bare"), ("llmrun stream()", "llmrun")):
-        values = lat[key]
+    print(
+        f"\n1. chunk latency: write -> yield, {plan.latency_runs} runs x {plan.latency_deltas} deltas, "
+        f"{plan.gap_us / 1000:g} ms apart (µs)"
+    )
+    print(f"   {'':24}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    for name, values in lat.items():
         cells = [statistics.median(values), percentile(values, 90), percentile(values, 99), max(values)]
-        print(f"   {label:22}" + "".join(f"{v:9.0f}" for v in cells))
-    bare_median, llmrun_median = statistics.median(lat["bare"]), statistics.median(lat["llmrun"])
-    print(f"   llmrun median: {llmrun_median / bare_median:.2f}x the floor, {llmrun_median - bare_median:+.0f} µs")
+        print(f"   {name:24}" + "".join(f"{v:8.0f}" for v in cells))
+    floor = statistics.median(lat["bare Popen+readline"])
+    loop = statistics.median(lat["bare asyncio readline"])
+    ours = statistics.median(lat["llmrun stream()"])
+    print(
+        f"   llmrun median: {ours / floor:.2f}x the Popen floor, {ours - floor:+.0f} µs "
+        f"({ours - loop:+.0f} µs over bare asyncio)"
+    )
 
     times = complete_overhead(plan)
     bare_ms, llmrun_ms = statistics.median(times["bare"]), statistics.median(times["llmrun"])
-    print(f"\n2. complete() on the fake CLI (mock-stream-json-partial, no delay), {plan.complete_runs} runs each "
-          f"interleaved, median ms")
+    print(
+        f"\n2. complete() on the fake CLI (mock-stream-json-partial, no delay), {plan.complete_runs} runs each "
+        f"interleaved, median ms"
+    )
     print(f"   bare subprocess.run   {bare_ms:7.1f}")
     print(f"   runner.complete()     {llmrun_ms:7.1f}   {llmrun_ms - bare_ms:+.1f} ms, {llmrun_ms / bare_ms:.2f}x")
     imports = import_cost(plan)
     print(f"   import cost, {plan.import_runs} runs each interleaved, median ms:")
     base = statistics.median(imports["pass"])
-    for name, values in imports.items():
-        extra = "" if name == "pass" else f"   {statistics.median(values) - base:+.1f}"
-        print(f"     python -c {name!r:38}{statistics.median(values):7.1f}{extra}")
+    for code, values in imports.items():
+        extra = "" if code == "pass" else f"   {statistics.median(values) - base:+.1f}"
+        print(f"     python -c {code!r:38}{statistics.median(values):7.1f}{extra}")
 
     rates = throughput(plan)
     print(f"\n3. throughput: one answer of {plan.big_deltas:,} deltas written back to back (deltas/s)")
-    print(f"   emitter alone, to a file  {rates['emitter']:10,.0f}")
-    print(f"   bare Popen+readline       {rates['bare']:10,.0f}")
-    print(f"   llmrun stream()           {rates['llmrun']:10,.0f}   {rates['llmrun'] / rates['bare']:.2f}x bare")
+    for name, value in rates.items():
+        print(f"   {name:26}{value:10,.0f}")
+    ratio = rates["llmrun stream()"] / rates["bare Popen+readline"]
+    print(f"   llmrun stream(): {ratio:.2f}x the Popen reader")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,43 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_TYPES = (
+    "AgentEvent",
+    "Capabilities",
+    "ChatChunk",
+    "ChatRequest",
+    "ChatResponse",
+    "HealthReport",
+    "ImagePart",
+    "Message",
+    "ModelInfo",
+    "RunnerMetadata",
+    "TextPart",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+)
+_ERRORS = (
+    "LlmrunError",
+    "ConfigError",
+    "RunnerNotFound",
+    "RunnerError",
+    "BinaryNotFound",
+    "AuthenticationError",
+    "RateLimitError",
+    "ServiceUnavailable",
+    "ModelNotFound",
+    "ContextLengthExceeded",
+    "SessionNotFound",
+    "RunnerTimeout",
+    "ProcessFailed",
+    "OutputParseError",
+    "OutputTooLarge",
+    "Cancelled",
+    "UnsupportedFeature",
+    "Overloaded",
+)
+_EXPORTS: dict[str, str] = {
     "get_runner": "registry",
     "get_runner_class": "registry",
     "runner_names": "registry",
@@ -23,20 +59,23 @@ _EXPORTS = {
     "Parser": "runners.base",
     "Invocation": "process",
     "Limits": "process",
+    **dict.fromkeys(_TYPES, "types"),
+    **dict.fromkeys(_ERRORS, "errors"),
 }
-for _name in (
-    "AgentEvent Capabilities ChatChunk ChatRequest ChatResponse HealthReport ImagePart Message ModelInfo "
-    "RunnerMetadata TextPart ToolCall ToolSpec Usage"
-).split():
-    _EXPORTS[_name] = "types"
-for _name in (
-    "LlmrunError ConfigError RunnerNotFound RunnerError BinaryNotFound AuthenticationError RateLimitError "
-    "ServiceUnavailable ModelNotFound ContextLengthExceeded SessionNotFound RunnerTimeout ProcessFailed "
-    "OutputParseError OutputTooLarge Cancelled UnsupportedFeature Overloaded"
-).split():
-    _EXPORTS[_name] = "errors"
 
-__all__ = sorted([*_EXPORTS, "complete", "__version__"])
+__all__ = [
+    "complete",
+    "get_runner",
+    "get_runner_class",
+    "runner_names",
+    "Runner",
+    "CliRunner",
+    "Parser",
+    "Invocation",
+    "Limits",
+    *_TYPES,
+    *_ERRORS,
+]
 
 if TYPE_CHECKING:
     from .errors import *  # noqa: F403

@@ -155,9 +155,23 @@ class Overloaded(RunnerError):
 ERRORS_BY_NAME: dict[str, type[LlmrunError]] = {
     cls.__name__: cls
     for cls in (
-        LlmrunError, ConfigError, RunnerNotFound, RunnerError, BinaryNotFound, AuthenticationError,
-        RateLimitError, ServiceUnavailable, ModelNotFound, ContextLengthExceeded, SessionNotFound,
-        RunnerTimeout, ProcessFailed, OutputParseError, OutputTooLarge, Cancelled, UnsupportedFeature,
+        LlmrunError,
+        ConfigError,
+        RunnerNotFound,
+        RunnerError,
+        BinaryNotFound,
+        AuthenticationError,
+        RateLimitError,
+        ServiceUnavailable,
+        ModelNotFound,
+        ContextLengthExceeded,
+        SessionNotFound,
+        RunnerTimeout,
+        ProcessFailed,
+        OutputParseError,
+        OutputTooLarge,
+        Cancelled,
+        UnsupportedFeature,
         Overloaded,
     )
 }

@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +215,7 @@ class Child:
         assert self._proc is not None and self._proc.stdout is not None
         return await self._proc.stdout.read(READ_SIZE)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Raw stdout as it arrives, until EOF.
 
         Raises RunnerTimeout on a stall or when the hard timeout passes. When the tool itself
@@ -233,7 +233,7 @@ class Child:
                     read = asyncio.ensure_future(self._read())
                 exited = self._exited.done()
                 timeout, expiry = self._next_timeout(exited, last_output, deadline)
-                pending = {read} if exited else {read, self._exited}
+                pending: set[asyncio.Future[Any]] = {read} if exited else {read, self._exited}
                 done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if read in done:
                     data = read.result()
@@ -265,7 +265,7 @@ class Child:
             timeout, expiry = deadline - now, "hard"
         return (max(0.0, timeout) if timeout is not None else None), expiry
 
-    async def lines(self) -> AsyncIterator[str]:
+    async def lines(self) -> AsyncGenerator[str, None]:
         """stdout as complete lines, blank ones skipped.
 
         Framing happens on raw bytes: b"\\n" never occurs inside a multibyte UTF-8 sequence,
@@ -296,7 +296,7 @@ class Child:
         if tail.strip():
             yield tail
 
-    async def text(self) -> AsyncIterator[str]:
+    async def text(self) -> AsyncGenerator[str, None]:
         """stdout as text pieces as soon as they arrive, for tools that stream plain text."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         async for data in self.chunks():

@@ -206,7 +206,9 @@ class ChatChunk(_Model):
     def is_final(self) -> bool:
         return self.finish_reason is not None
 
-    def to_openai(self, *, id: str | None = None, model: str | None = None, created: int | None = None) -> dict[str, Any]:
+    def to_openai(
+        self, *, id: str | None = None, model: str | None = None, created: int | None = None
+    ) -> dict[str, Any]:
         delta: dict[str, Any] = {}
         if self.delta:
             delta["content"] = self.delta

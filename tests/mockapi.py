@@ -23,10 +23,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
-__all__ = ["MockAnthropic", "SCENARIOS", "DEFAULT_TEXT"]
+__all__ = ["DEFAULT_TEXT", "SCENARIOS", "MockAnthropic"]
 
 DEFAULT_TEXT = "Hello from mock"
 SLOW_WORDS = ["one ", "two ", "three ", "four ", "five ", "six"]
@@ -121,9 +122,7 @@ def _tool_use_block() -> _Block:
     raw = json.dumps(TOOL_INPUT)
     # Uneven slices, like the real API, so clients must buffer partial JSON.
     cuts = list(range(0, len(raw), 13)) + [len(raw)]
-    deltas = [
-        {"type": "input_json_delta", "partial_json": raw[a:b]} for a, b in zip(cuts, cuts[1:]) if raw[a:b]
-    ]
+    deltas = [{"type": "input_json_delta", "partial_json": raw[a:b]} for a, b in zip(cuts, cuts[1:]) if raw[a:b]]
     start = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": {}}
     final = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": dict(TOOL_INPUT)}
     return _Block(start, deltas, final)
@@ -144,7 +143,9 @@ def _last_user_has_tool_result(body: dict[str, Any]) -> bool:
 class _Answer:
     """A whole assistant message, renderable as SSE events or as one JSON object."""
 
-    def __init__(self, model: str, blocks: list[_Block], stop_reason: str, cache_read: int = 0, cache_creation: int = 0):
+    def __init__(
+        self, model: str, blocks: list[_Block], stop_reason: str, cache_read: int = 0, cache_creation: int = 0
+    ):
         self.id = "msg_mock_" + _hex()
         self.model = model
         self.blocks = blocks
@@ -176,7 +177,10 @@ class _Answer:
         start_msg["usage"] = dict(self.usage, output_tokens=1)
         yield ("message_start", {"type": "message_start", "message": start_msg}), False
         for index, block in enumerate(self.blocks):
-            yield ("content_block_start", {"type": "content_block_start", "index": index, "content_block": block.start}), False
+            yield (
+                ("content_block_start", {"type": "content_block_start", "index": index, "content_block": block.start}),
+                False,
+            )
             if index == 0:
                 # The real API sends its ping right after the first block opens.
                 yield ("ping", {"type": "ping"}), False
@@ -184,20 +188,23 @@ class _Answer:
                 yield ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}), True
             yield ("content_block_stop", {"type": "content_block_stop", "index": index}), False
         yield (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": OUTPUT_TOKENS},
-            },
-        ), False
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": OUTPUT_TOKENS},
+                },
+            ),
+            False,
+        )
         yield ("message_stop", {"type": "message_stop"}), False
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    mock: "MockAnthropic"
+    mock: MockAnthropic
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients vanishing mid-request is normal here (killed CLIs, close()); real bugs still print.
@@ -210,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # keep pytest output clean
 
     def setup(self) -> None:
@@ -409,7 +416,7 @@ class MockAnthropic:
                 pass
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "MockAnthropic":
+    def __enter__(self) -> MockAnthropic:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CLI_PACKAGES", "CLAUDE_ENV", "claude_env", "require_binary", "loopback_only"]
+__all__ = ["CLAUDE_ENV", "CLI_PACKAGES", "claude_env", "loopback_only", "require_binary"]
 
 # Binary name -> npm package that provides it; used in skip messages.
 CLI_PACKAGES: dict[str, str] = {

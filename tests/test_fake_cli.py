@@ -216,9 +216,7 @@ def test_split_writes_equals_plain_replay() -> None:
     assert b"".join(chunks) == plain.stdout == transcript("multibyte-partial")
     assert len(chunks) > 10  # the reader really saw the output in small pieces
     deltas = [
-        json.loads(line)["event"]["delta"]["text"]
-        for line in plain.stdout.splitlines()
-        if b'"text_delta"' in line
+        json.loads(line)["event"]["delta"]["text"] for line in plain.stdout.splitlines() if b'"text_delta"' in line
     ]
     assert "".join(deltas) == "Héllo wörld 日本語 🙂"
 

@@ -17,7 +17,7 @@ import pytest
 # Importable whatever pytest's import mode is (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mockapi import MockAnthropic, split_deltas  # noqa: E402
+from mockapi import MockAnthropic, split_deltas
 
 TEXT_EVENTS = [
     "message_start",
@@ -75,9 +75,7 @@ def _sse(resp: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def _text_of(events: list[tuple[str, dict[str, Any]]], index: int) -> str:
     return "".join(
-        d["delta"].get("text", "")
-        for name, d in events
-        if name == "content_block_delta" and d["index"] == index
+        d["delta"].get("text", "") for name, d in events if name == "content_block_delta" and d["index"] == index
     )
 
 
@@ -143,9 +141,7 @@ def test_tool_use_then_tool_result(api: MockAnthropic) -> None:
     start = [d["content_block"] for n, d in events if n == "content_block_start"][1]
     assert start["type"] == "tool_use" and start["name"] == "Bash"
     assert start["id"].startswith("toolu_mock_")
-    partial = "".join(
-        d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == 1
-    )
+    partial = "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == 1)
     assert json.loads(partial) == {"command": "echo mock-tool-ran", "description": "Print a marker"}
     assert [d for n, d in events if n == "message_delta"][0]["delta"]["stop_reason"] == "tool_use"
 

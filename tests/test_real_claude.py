@@ -39,7 +39,7 @@ from llmrun.runners.claude_code import SYSTEM_PROMPT_ARGV_LIMIT, ClaudeCodeRunne
 # Importable whatever pytest's import mode is, like tests/test_mockapi.py does it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mockapi import (  # noqa: E402
+from mockapi import (
     DEFAULT_TEXT,
     SLOW_WORDS,
     THINKING_DELTAS,
@@ -48,7 +48,7 @@ from mockapi import (  # noqa: E402
     TOOL_PREAMBLE,
     MockAnthropic,
 )
-from realcli import claude_env, require_binary  # noqa: E402
+from realcli import claude_env, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -208,6 +208,13 @@ async def test_cached_usage_is_reported(runner: ClaudeCodeRunner, api: MockAnthr
     assert usage.to_openai()["prompt_tokens"] == 132
 
 
+async def test_multibyte_text_survives(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
+    api.text = "Héllo wörld 日本語 🙂 – ünïcödé ✓"
+    response = await runner.complete(request("Say it", workdir))
+
+    assert response.content == api.text
+
+
 # --- 2. token streaming -------------------------------------------------------------------
 
 
@@ -278,6 +285,28 @@ async def test_system_messages_join_the_system_prompt(
     body = last_request(api)
     assert body["system"][-1]["text"] == "Rule one.\n\nRule two."
     assert "hi" in last_user_texts(body)
+
+
+async def test_history_without_a_session_is_flattened_into_one_prompt(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
+) -> None:
+    history = [Message.user("first"), Message.assistant("an earlier answer"), Message.user("second question")]
+    await runner.complete(ChatRequest(messages=history, cwd=workdir, timeout=RUN_LIMIT))
+
+    body = last_request(api)
+    assert [m["role"] for m in body["messages"] if m.get("role") in ("user", "assistant")] == ["user"]
+    prompt = last_user_texts(body)[-1]
+    assert "first" in prompt and "an earlier answer" in prompt
+    assert prompt.rstrip().endswith("second question")
+
+
+async def test_empty_prompt_fails_cleanly(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
+    # claude refuses an empty stdin with exit 1 and a message on stderr (FINDINGS, fact 1).
+    with pytest.raises(llmrun.LlmrunError) as caught:
+        await runner.complete(request("", workdir))
+
+    assert "input" in str(caught.value).lower() or "prompt" in str(caught.value).lower(), caught.value
+    assert api.message_requests == []
 
 
 async def test_allow_tools_offers_the_agent_tools(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
@@ -418,6 +447,25 @@ async def test_missing_api_key_is_an_authentication_error(
     assert api.message_requests == []
 
 
+async def test_default_retries_are_bounded_and_reported(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without CLAUDE_CODE_MAX_RETRIES in the environment llmrun asks for 2 retries, so an
+    # overloaded API fails after 3 requests instead of minutes of silent back-off.
+    monkeypatch.delenv("CLAUDE_CODE_MAX_RETRIES")
+    api.scenario = "http_529"
+    chunks = []
+    with pytest.raises(llmrun.ServiceUnavailable):
+        async with contextlib.aclosing(runner.stream(request("hi", workdir))) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+
+    retries = [c.agent_event for c in chunks if c.agent_event is not None and c.agent_event.kind == "retry"]
+    assert len(retries) == 2, chunks
+    assert all("529" in (r.message or "") for r in retries), retries
+    assert len(api.message_requests) == 3
+
+
 # --- 8. sessions --------------------------------------------------------------------------
 
 
@@ -429,9 +477,7 @@ async def test_resume_sends_only_the_new_turn_into_the_session(
     assert session
 
     history = [Message.user("first"), Message.assistant(DEFAULT_TEXT), Message.user("second question")]
-    second = await runner.complete(
-        ChatRequest(messages=history, session_id=session, cwd=workdir, timeout=RUN_LIMIT)
-    )
+    second = await runner.complete(ChatRequest(messages=history, session_id=session, cwd=workdir, timeout=RUN_LIMIT))
 
     assert second.content == DEFAULT_TEXT
     assert second.session_id == session
@@ -447,9 +493,7 @@ async def test_resume_sends_only_the_new_turn_into_the_session(
     assert not any("conversation_so_far" in text for text in new_turn), new_turn
 
 
-async def test_unknown_session_is_session_not_found(
-    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
-) -> None:
+async def test_unknown_session_is_session_not_found(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
     made_up = str(uuid.uuid4())
     with pytest.raises(llmrun.RunnerError) as caught:
         await runner.complete(
@@ -485,6 +529,16 @@ async def test_stall_timeout_ends_a_hanging_run(runner: ClaudeCodeRunner, api: M
             await run
     assert "stall" in str(caught.value)
     assert caught.value.runner == "claude_code"
+    await assert_no_processes_in(workdir)
+
+
+async def test_hard_timeout_ends_a_hanging_run(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
+    api.scenario = "hang"
+    with pytest.raises(llmrun.RunnerTimeout) as caught:
+        await asyncio.wait_for(runner.complete(request("hi", workdir, timeout=2)), timeout=20)
+
+    assert "time limit" in str(caught.value)
+    assert len(api.message_requests) == 1
     await assert_no_processes_in(workdir)
 
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, ClassVar, Literal
 
@@ -84,7 +84,7 @@ class Runner(ABC):
         return ChatResponse.from_chunks(chunks, runner=self.name, duration_ms=duration)
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         """Chunks as the tool produces them; the last one has finish_reason and usage."""
 
     @abstractmethod
@@ -113,7 +113,7 @@ class Runner(ABC):
             models=self.known_models(),
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the runner holds (nothing for one-shot CLI runs)."""
 
 
@@ -208,8 +208,7 @@ class CliRunner(Runner):
         """Refuse what the tool cannot do, rather than silently dropping it."""
         if request.tools:
             raise UnsupportedFeature(
-                "client-defined tools are not passed to CLI tools by a plain run; "
-                "use llmrun's tool emulation instead",
+                "client-defined tools are not passed to CLI tools by a plain run; use llmrun's tool emulation instead",
                 runner=self.name,
             )
         if not self.capabilities.images and any(m.images for m in request.messages):
@@ -217,7 +216,7 @@ class CliRunner(Runner):
         if request.json_schema is not None and not self.capabilities.json_schema:
             raise UnsupportedFeature(f"{self.display_name} has no structured output option", runner=self.name)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         self.check_request(request)
         invocation = self.build_invocation(request, self.resolve_binary())
         if self.extra_args:
@@ -246,7 +245,9 @@ class CliRunner(Runner):
                         yield chunk
                 error = self._outcome(parser, returncode, child.stderr_tail(), finished_before_exit)
             except RunnerError as exc:
-                raise exc.with_process(runner=self.name, exit_code=child.returncode, stderr=child.stderr_tail())
+                raise exc.with_process(
+                    runner=self.name, exit_code=child.returncode, stderr=child.stderr_tail()
+                ) from None
             if error is not None:
                 raise error.with_process(runner=self.name, exit_code=returncode, stderr=child.stderr_tail())
         if not held:
@@ -295,22 +296,40 @@ class CliRunner(Runner):
             )
         authenticated, message = await self.check_auth(binary)
         if authenticated is False:
-            return report("unauthenticated", binary=binary, version=version, authenticated=False, message=message,
-                          hint=self.login_hint())
+            return report(
+                "unauthenticated",
+                binary=binary,
+                version=version,
+                authenticated=False,
+                message=message,
+                hint=self.login_hint(),
+            )
         if not probe:
             return report("ok", binary=binary, version=version, authenticated=authenticated, message=message)
         probe_started = time.monotonic()
         try:
             await self.complete(ChatRequest.of("Reply with the single word: ok", timeout=120))
         except AuthenticationError as exc:
-            return report("unauthenticated", binary=binary, version=version, authenticated=False, message=str(exc),
-                          hint=self.login_hint())
+            return report(
+                "unauthenticated",
+                binary=binary,
+                version=version,
+                authenticated=False,
+                message=str(exc),
+                hint=self.login_hint(),
+            )
         except RunnerError as exc:
-            return report("error", binary=binary, version=version, authenticated=authenticated,
-                          message=f"probe failed: {type(exc).__name__}: {exc}")
+            return report(
+                "error",
+                binary=binary,
+                version=version,
+                authenticated=authenticated,
+                message=f"probe failed: {type(exc).__name__}: {exc}",
+            )
         latency = int((time.monotonic() - probe_started) * 1000)
-        return report("ok", binary=binary, version=version, authenticated=True, latency_ms=latency,
-                      message="probe answered")
+        return report(
+            "ok", binary=binary, version=version, authenticated=True, latency_ms=latency, message="probe answered"
+        )
 
     def login_hint(self) -> str | None:
         return None

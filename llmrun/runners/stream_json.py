@@ -83,7 +83,9 @@ class StreamJsonParser(Parser):
             return []
         if subtype == "api_retry":
             status = event.get("error_status")
-            message = f"retry {event.get('attempt')}/{event.get('max_retries')} after {status} {event.get('error') or ''}"
+            message = (
+                f"retry {event.get('attempt')}/{event.get('max_retries')} after {status} {event.get('error') or ''}"
+            )
             return [ChatChunk(agent_event=AgentEvent(kind="retry", message=message.strip()))]
         return []
 
@@ -161,18 +163,27 @@ class StreamJsonParser(Parser):
             chunks.append(ChatChunk(delta=result))  # the tool printed no message events
         for denial in event.get("permission_denials") or []:
             if isinstance(denial, dict):
-                chunks.append(ChatChunk(agent_event=AgentEvent(
-                    kind="permission_denied", id=denial.get("tool_use_id"), name=denial.get("tool_name"),
-                    input=denial.get("tool_input"), is_error=True,
-                )))
+                chunks.append(
+                    ChatChunk(
+                        agent_event=AgentEvent(
+                            kind="permission_denied",
+                            id=denial.get("tool_use_id"),
+                            name=denial.get("tool_name"),
+                            input=denial.get("tool_input"),
+                            is_error=True,
+                        )
+                    )
+                )
         cost = event.get("total_cost_usd")
-        chunks.append(ChatChunk(
-            finish_reason=STOP_REASONS.get(str(event.get("stop_reason")), "stop"),
-            usage=self.usage_from(event.get("usage") or {}),
-            session_id=self.session_id,
-            model=self.model,
-            cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
-        ))
+        chunks.append(
+            ChatChunk(
+                finish_reason=STOP_REASONS.get(str(event.get("stop_reason")), "stop"),
+                usage=self.usage_from(event.get("usage") or {}),
+                session_id=self.session_id,
+                model=self.model,
+                cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+            )
+        )
         return chunks
 
     # --- helpers a tool may refine -------------------------------------------------------
@@ -205,8 +216,10 @@ class StreamJsonParser(Parser):
     def error_from_result(self, event: dict[str, Any]) -> RunnerError:
         """The typed error for a failed `result`, from the HTTP status and the tool's words."""
         errors = event.get("errors")
-        text = event.get("result") or ("; ".join(map(str, errors)) if isinstance(errors, list) else "") or str(
-            event.get("subtype") or "the tool reported an error"
+        text = (
+            event.get("result")
+            or ("; ".join(map(str, errors)) if isinstance(errors, list) else "")
+            or str(event.get("subtype") or "the tool reported an error")
         )
         status = event.get("api_error_status")
         status = status if isinstance(status, int) else None
@@ -215,7 +228,11 @@ class StreamJsonParser(Parser):
             return AuthenticationError(text, hint=self.login_hint)
         if status == 429 or flag == "rate_limit":
             return RateLimitError(text)
-        if (status is not None and status >= 500) or flag in ("server_error", "overloaded") or _UNREACHABLE.search(text):
+        if (
+            (status is not None and status >= 500)
+            or flag in ("server_error", "overloaded")
+            or _UNREACHABLE.search(text)
+        ):
             return ServiceUnavailable(text)
         if _CONTEXT.search(text):
             return ContextLengthExceeded(text)

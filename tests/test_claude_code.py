@@ -1,0 +1,294 @@
+"""Claude Code specifics: its command line, its event dialect, its errors and health."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import llmrun
+from llmrun import ChatRequest, Message
+from llmrun.registry import canonical_name, get_runner, get_runner_class, runner_names
+from llmrun.runners.claude_code import SYSTEM_PROMPT_ARGV_LIMIT, ClaudeCodeRunner, ClaudeParser
+
+from .conftest import FAKE_BIN, FAKE_TOOLS, FIXTURES, FakeRun
+
+CAPTURES = FIXTURES / "claude"
+
+
+@pytest.fixture
+def claude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRun:
+    record = tmp_path / "record"
+    record.mkdir()
+    return FakeRun(FAKE_TOOLS[0], monkeypatch, record)
+
+
+def parse(name: str) -> tuple[list[llmrun.ChatChunk], ClaudeParser]:
+    parser = ClaudeParser()
+    chunks = [c for line in (CAPTURES / f"{name}.stdout").read_text().splitlines() for c in parser.feed(line)]
+    return chunks + parser.close(), parser
+
+
+def argv_of(request: ChatRequest) -> list[str]:
+    return ClaudeCodeRunner().build_invocation(request, "claude").argv
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_command_line_defaults() -> None:
+    invocation = ClaudeCodeRunner().build_invocation(ChatRequest.of("hello"), "claude")
+    argv = invocation.argv
+    assert argv[:6] == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+    assert argv[argv.index("--model") + 1] == "sonnet"
+    assert argv[argv.index("--tools") + 1] == ""  # agent tools off unless allowed
+    assert "hello" not in argv and invocation.stdin == b"hello"
+    assert "CLAUDECODE" in invocation.env_remove
+    assert invocation.env_defaults["CLAUDE_CODE_MAX_RETRIES"] == "2"
+
+
+def test_model_tools_and_options_follow_the_request() -> None:
+    argv = argv_of(
+        ChatRequest.of(
+            "hi",
+            model="opus",
+            allow_tools=True,
+            options={"permission_mode": "plan", "max_turns": 3, "extra_args": ["--bare"]},
+        )
+    )
+    assert argv[argv.index("--model") + 1] == "opus"
+    assert "--tools" not in argv
+    assert argv[argv.index("--permission-mode") + 1] == "plan"
+    assert argv[argv.index("--max-turns") + 1] == "3"
+    assert argv[-1] == "--bare"
+
+
+def test_configured_default_model_and_extra_args(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[runners.claude_code]\ndefault_model = "haiku"\nextra_args = ["--effort", "low"]\n')
+    monkeypatch.setenv("LLMRUN_CONFIG", str(config))
+    runner = get_runner("claude")
+    assert runner.default_model == "haiku"
+    monkeypatch.setenv("LLMRUN_CLAUDE_CODE_MODEL", "opus")  # the environment overrides the file
+    assert get_runner("claude").default_model == "opus"
+
+
+def test_invalid_config_names_file_and_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[runners.claude_code]\ntimeout = "soon"\n')
+    monkeypatch.setenv("LLMRUN_CONFIG", str(config))
+    with pytest.raises(llmrun.ConfigError, match=r"config.toml.*timeout.*number of seconds"):
+        get_runner("claude_code")
+
+
+def test_system_prompt_short_in_argv_long_in_a_file() -> None:
+    argv = argv_of(ChatRequest(messages=[Message.system("Be terse"), Message.user("hi")], system="Use English"))
+    assert argv[argv.index("--system-prompt") + 1] == "Be terse\n\nUse English"
+    long_system = "rule " * SYSTEM_PROMPT_ARGV_LIMIT
+    invocation = ClaudeCodeRunner().build_invocation(ChatRequest.of("hi", system=long_system), "claude")
+    path = invocation.argv[invocation.argv.index("--system-prompt-file") + 1]
+    assert Path(path).read_text() == long_system and path in invocation.temp_files
+    os.remove(path)
+
+
+async def test_system_prompt_file_is_removed_after_the_run(claude: FakeRun) -> None:
+    await claude.runner().complete(ChatRequest.of("hi", system="x" * (SYSTEM_PROMPT_ARGV_LIMIT + 1)))
+    (invocation,) = claude.invocations()
+    path = invocation["argv"][invocation["argv"].index("--system-prompt-file") + 1]
+    assert not Path(path).exists()
+
+
+def test_history_is_flattened_without_a_session() -> None:
+    request = ChatRequest(messages=[Message.user("What is 2+2?"), Message.assistant("4"), Message.user("Times 3?")])
+    prompt = ClaudeCodeRunner().build_invocation(request, "claude").stdin.decode()  # type: ignore[union-attr]
+    assert prompt.index("What is 2+2?") < prompt.index("4") < prompt.index("Times 3?")
+    assert prompt.rstrip().endswith("Times 3?")
+
+
+def test_resuming_a_session_sends_only_the_new_turn() -> None:
+    request = ChatRequest(
+        messages=[Message.user("first"), Message.assistant("answer"), Message.user("second")], session_id="abc"
+    )
+    invocation = ClaudeCodeRunner().build_invocation(request, "claude")
+    assert invocation.argv[invocation.argv.index("--resume") + 1] == "abc"
+    assert invocation.stdin == b"second"
+
+
+async def test_child_environment(claude: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDECODE", "1")
+    await claude.runner().complete(ChatRequest.of("hi"))
+    monkeypatch.setenv("CLAUDE_CODE_MAX_RETRIES", "7")  # the user's own choice wins
+    await claude.runner().complete(ChatRequest.of("hi"))
+    first, second = claude.invocations()
+    assert "CLAUDECODE" not in first["env"]
+    assert first["env"]["CLAUDE_CODE_MAX_RETRIES"] == "2"
+    assert second["env"]["CLAUDE_CODE_MAX_RETRIES"] == "7"
+
+
+def test_unsupported_requests_are_refused_not_dropped() -> None:
+    with pytest.raises(llmrun.UnsupportedFeature):
+        ClaudeCodeRunner().check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
+    image = llmrun.ImagePart(url="https://example.invalid/cat.png")
+    with pytest.raises(llmrun.UnsupportedFeature):
+        ClaudeCodeRunner().check_request(ChatRequest(messages=[Message.user("look", images=[image])]))
+
+
+# --- reading the captured output ---------------------------------------------------------
+
+
+def test_partial_messages_stream_each_text_once() -> None:
+    chunks, parser = parse("mock-stream-json-partial")
+    assert [c.delta for c in chunks if c.delta] == ["Hello ", "from ", "mock"]
+    final = chunks[-1]
+    assert final.finish_reason == "stop" and final.cost_usd == pytest.approx(0.000235)
+    assert final.usage == llmrun.Usage(input_tokens=12, output_tokens=7)
+    assert final.model == "claude-opus-4-8" and final.session_id == "01871f75-0c93-4e8f-a53a-b32da0c71f20"
+
+
+def test_without_partial_messages_the_whole_message_is_used() -> None:
+    chunks, _ = parse("mock-stream-json")
+    assert "".join(c.delta for c in chunks) == "Hello from mock"
+
+
+def test_thinking_and_cache_usage() -> None:
+    chunks, _ = parse("thinking-partial")
+    assert "".join(c.thinking for c in chunks) == "The user greets me. A short friendly reply is enough."
+    assert "".join(c.delta for c in chunks) == "Hello after thinking"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.cache_read_tokens, usage.cache_write_tokens) == (5, 3)
+
+
+def test_agent_tool_use_and_result_are_events_not_text() -> None:
+    chunks, _ = parse("mock-tooluse-stream-partial")
+    assert "".join(c.delta for c in chunks) == "I will run a command.\n\nTool finished: Hello from mock"
+    events = [c.agent_event for c in chunks if c.agent_event]
+    assert [(e.kind, e.name) for e in events] == [("tool_use", "Bash"), ("tool_result", None)]
+    assert events[0].input == {"command": "echo mock-tool-ran", "description": "Print a marker"}
+    assert events[1].output == "mock-tool-ran" and events[1].id == events[0].id
+
+
+def test_retries_are_reported_as_activity() -> None:
+    chunks, parser = parse("mock-529-stream-partial-retries2")
+    retries = [c.agent_event for c in chunks if c.agent_event and c.agent_event.kind == "retry"]
+    assert len(retries) == 2 and "529" in (retries[0].message or "")
+    assert isinstance(parser.error, llmrun.ServiceUnavailable)
+    assert not any(c.delta for c in chunks)  # the error text is not passed off as an answer
+
+
+@pytest.mark.parametrize(
+    ("capture", "error", "words"),
+    [
+        ("mock-401-stream", llmrun.AuthenticationError, "Invalid API key"),
+        ("noauth-stream", llmrun.AuthenticationError, "Not logged in"),
+        ("mock-500-stream-retries0", llmrun.ServiceUnavailable, "500"),
+        ("mock-maxturns1-tooluse", llmrun.RunnerError, "maximum number of turns"),
+    ],
+)
+def test_failed_results_become_typed_errors(capture: str, error: type, words: str) -> None:
+    _, parser = parse(capture)
+    assert type(parser.error) is error
+    assert words in str(parser.error)
+
+
+def test_rate_limit_and_model_errors_from_result_fields() -> None:
+    parser = ClaudeParser()
+    limited = {
+        "type": "result",
+        "is_error": True,
+        "api_error_status": 429,
+        "result": "API Error: Request rejected (429)",
+    }
+    assert isinstance(parser.error_from_result(limited), llmrun.RateLimitError)
+    missing = {"type": "result", "is_error": True, "api_error_status": 404, "result": "model: nope"}
+    assert isinstance(parser.error_from_result(missing), llmrun.ModelNotFound)
+    long = {"type": "result", "is_error": True, "api_error_status": 400, "result": "Prompt is too long"}
+    assert isinstance(parser.error_from_result(long), llmrun.ContextLengthExceeded)
+
+
+async def test_missing_session_is_session_not_found(claude: FakeRun) -> None:
+    claude.scenario("mock-resume-missing")
+    with pytest.raises(llmrun.SessionNotFound, match="No conversation found"):
+        await claude.runner().complete(ChatRequest.of("q", session_id="99999999-2222-3333-4444-555555555555"))
+
+
+async def test_not_logged_in_carries_a_login_hint(claude: FakeRun) -> None:
+    claude.scenario("noauth-stream")
+    with pytest.raises(llmrun.AuthenticationError) as caught:
+        await claude.runner().complete(ChatRequest.of("hi"))
+    assert caught.value.hint and "claude auth login" in caught.value.hint
+    assert caught.value.process_exit_code == 1
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+async def test_health_ok_unauthenticated_and_probe(claude: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = await claude.runner().health(probe=True)
+    assert (report.status, report.version, report.authenticated) == ("ok", "2.1.197", True)
+    assert report.latency_ms is not None
+    monkeypatch.setenv("LLMRUN_FAKE_COMMANDS", json.dumps([[["auth", "status"], "auth-status"]]))
+    report = await claude.runner().health()
+    assert report.status == "unauthenticated" and report.hint and "login" in report.hint
+
+
+async def test_health_probe_that_fails_auth(claude: FakeRun) -> None:
+    claude.scenario("mock-401-stream")
+    report = await claude.runner().health(probe=True)
+    assert report.status == "unauthenticated"
+
+
+async def test_health_outdated_and_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = tmp_path / "claude"
+    old.write_text("#!/bin/sh\necho '1.0.3 (Claude Code)'\n")
+    old.chmod(0o755)
+    report = await ClaudeCodeRunner(binary=str(old)).health()
+    assert report.status == "outdated" and report.version == "1.0.3"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    report = await ClaudeCodeRunner().health()
+    assert report.status == "not_installed"
+    assert report.hint and "npm install -g @anthropic-ai/claude-code" in report.hint
+
+
+# --- lookup -----------------------------------------------------------------------------
+
+
+def test_names_and_aliases() -> None:
+    assert canonical_name("claude") == canonical_name("Claude-Code") == "claude_code"
+    assert get_runner_class("claude") is ClaudeCodeRunner
+    assert "claude_code" in runner_names()
+    with pytest.raises(llmrun.RunnerNotFound, match="known runners: claude_code"):
+        get_runner("nope")
+
+
+def test_binary_override_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMRUN_CLAUDE_CODE_BIN", str(FAKE_BIN / "claude"))
+    assert ClaudeCodeRunner().resolve_binary() == str(FAKE_BIN / "claude")
+
+
+def test_third_party_runners_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    class EchoRunner(ClaudeCodeRunner):
+        name = "echo_plugin"
+
+    class EntryPoint:
+        name = "echo_plugin"
+
+        def load(self) -> type:
+            return EchoRunner
+
+    monkeypatch.setattr("llmrun.registry._entry_points", lambda: {"echo_plugin": EntryPoint()})
+    assert "echo_plugin" in runner_names()
+    assert isinstance(get_runner("echo_plugin"), EchoRunner)
+
+
+def test_metadata() -> None:
+    meta = ClaudeCodeRunner().metadata()
+    assert meta.name == "claude_code" and meta.display_name == "Claude Code"
+    assert meta.capabilities.token_streaming and meta.capabilities.cost
+    assert any(m.is_default and "sonnet" in m.aliases for m in meta.models)
+
+
+def test_sync_convenience(claude: FakeRun) -> None:
+    response = llmrun.complete("claude", "Say hi", model="sonnet")
+    assert response.content == "Hello from mock"
