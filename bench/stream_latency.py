@@ -54,7 +54,7 @@ class Plan:
     big_deltas: int
 
 
-FULL = Plan(latency_runs=5, latency_deltas=200, gap_us=2000, complete_runs=30, import_runs=10, big_deltas=20_000)
+FULL = Plan(latency_runs=10, latency_deltas=200, gap_us=2000, complete_runs=30, import_runs=10, big_deltas=20_000)
 QUICK = Plan(latency_runs=2, latency_deltas=50, gap_us=2000, complete_runs=5, import_runs=3, big_deltas=2_000)
 
 
@@ -119,8 +119,13 @@ def read_bare(env: dict[str, str]) -> list[tuple[int, str]]:
 async def read_asyncio(env: dict[str, str]) -> list[tuple[int, str]]:
     """The event loop's floor: asyncio's own subprocess pipes and readline, no llmrun."""
     seen: list[tuple[int, str]] = []
+    # The closing assistant and result lines repeat the whole answer: lift readline's 64 KiB limit.
     proc = await asyncio.create_subprocess_exec(
-        str(EMITTER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, **env}
+        str(EMITTER),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+        limit=64 * 1024 * 1024,
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(b"hi")
@@ -159,12 +164,13 @@ def rotate(runs: int, steps: list[Callable[[], None]]) -> None:
 # --- 1. chunk latency ------------------------------------------------------------------
 
 
-def chunk_latency(plan: Plan) -> dict[str, list[float]]:
+def chunk_latency(plan: Plan) -> dict[str, list[list[float]]]:
+    """Per reader, one list of latencies (µs) per run; runs are kept apart to show their spread."""
     env = emitter_env(plan.latency_deltas, plan.gap_us)
-    result: dict[str, list[float]] = {name: [] for name in READERS}
+    result: dict[str, list[list[float]]] = {name: [] for name in READERS}
 
     def step(name: str) -> Callable[[], None]:
-        return lambda: result[name].extend(latencies_us(READERS[name](env), plan.latency_deltas))
+        return lambda: result[name].append(latencies_us(READERS[name](env), plan.latency_deltas))
 
     rotate(plan.latency_runs, [step(name) for name in READERS])
     return result
@@ -257,16 +263,19 @@ def main() -> None:
         f"\n1. chunk latency: write -> yield, {plan.latency_runs} runs x {plan.latency_deltas} deltas, "
         f"{plan.gap_us / 1000:g} ms apart (µs)"
     )
-    print(f"   {'':24}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}")
-    for name, values in lat.items():
+    print(f"   {'':24}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}   per-run medians")
+    pooled: dict[str, list[float]] = {}
+    for name, runs in lat.items():
+        values = pooled[name] = [v for run in runs for v in run]
         cells = [statistics.median(values), percentile(values, 90), percentile(values, 99), max(values)]
-        print(f"   {name:24}" + "".join(f"{v:8.0f}" for v in cells))
-    floor = statistics.median(lat["bare Popen+readline"])
-    loop = statistics.median(lat["bare asyncio readline"])
-    ours = statistics.median(lat["llmrun stream()"])
+        medians = [statistics.median(run) for run in runs]
+        print(f"   {name:24}" + "".join(f"{v:8.0f}" for v in cells) + f"   {min(medians):.0f}-{max(medians):.0f}")
+    floor = statistics.median(pooled["bare Popen+readline"])
+    loop = statistics.median(pooled["bare asyncio readline"])
+    ours = statistics.median(pooled["llmrun stream()"])
     print(
         f"   llmrun median: {ours / floor:.2f}x the Popen floor, {ours - floor:+.0f} µs "
-        f"({ours - loop:+.0f} µs over bare asyncio)"
+        f"({ours - loop:+.0f} µs vs bare asyncio)"
     )
 
     times = complete_overhead(plan)
