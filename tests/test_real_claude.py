@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 import llmrun
-from llmrun import ChatRequest, Message
+from llmrun import ChatRequest, ChatResponse, Message
 from llmrun.runners.claude_code import SYSTEM_PROMPT_ARGV_LIMIT, ClaudeCodeRunner
 
 # Importable whatever pytest's import mode is, like tests/test_mockapi.py does it.
@@ -242,8 +242,7 @@ async def test_stream_yields_token_deltas_as_they_arrive(
     assert [c.is_final for c in chunks].count(True) == 1 and chunks[-1].is_final
     assert chunks[-1].usage is not None and chunks[-1].usage.output_tokens == 7
 
-    response = await runner.complete(request("Count", workdir))
-    assert response.content == "".join(texts)
+    assert ChatResponse.from_chunks(chunks).content == "".join(texts)
 
 
 # --- 3. what reaches the API --------------------------------------------------------------

@@ -157,6 +157,7 @@ class CliRunner(Runner):
         self.stall_timeout = stall_timeout or settings.stall_timeout or self.default_stall_timeout
         self.extra_args = list(extra_args if extra_args is not None else settings.extra_args)
         self.env = {**settings.env, **(env or {})}
+        self._discovered: list[str] | None = None
 
     # --- what a runner file provides -----------------------------------------------------
 
@@ -172,6 +173,26 @@ class CliRunner(Runner):
         last = _last_line(stderr)
         detail = f": {last}" if last else ""
         return ProcessFailed(f"{self.display_name} exited with code {returncode}{detail}")
+
+    async def discover_models(self, binary: str) -> list[str]:
+        """Model ids the tool itself lists (e.g. `llm models list`); none by default."""
+        return []
+
+    async def available_models(self, refresh: bool = False) -> list[ModelInfo]:
+        """Built-in models, plus those the tool lists; the tool is asked once per runner."""
+        if self._discovered is None or refresh:
+            try:
+                self._discovered = await self.discover_models(self.resolve_binary())
+            except RunnerError:
+                self._discovered = []
+        models = self.known_models()
+        known = {name for m in models for name in (m.id, *m.aliases)}
+        models += [
+            ModelInfo(id=model, runner=self.name, source="discovered", is_default=model == self.default_model)
+            for model in self._discovered
+            if model not in known
+        ]
+        return models
 
     async def check_auth(self, binary: str) -> tuple[bool | None, str]:
         """(logged in?, message). None when the tool has no cheap way to tell."""
