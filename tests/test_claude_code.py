@@ -205,6 +205,9 @@ def test_rate_limit_and_model_errors_from_result_fields() -> None:
     assert isinstance(parser.error_from_result(missing), llmrun.ModelNotFound)
     long = {"type": "result", "is_error": True, "api_error_status": 400, "result": "Prompt is too long"}
     assert isinstance(parser.error_from_result(long), llmrun.ContextLengthExceeded)
+    # In stream-json mode a bad --resume id is reported as a failed result, not on stderr.
+    gone = {"type": "result", "is_error": True, "result": "No conversation found with session ID: 123"}
+    assert isinstance(parser.error_from_result(gone), llmrun.SessionNotFound)
 
 
 async def test_missing_session_is_session_not_found(claude: FakeRun) -> None:

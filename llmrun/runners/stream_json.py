@@ -20,6 +20,7 @@ from ..errors import (
     RateLimitError,
     RunnerError,
     ServiceUnavailable,
+    SessionNotFound,
 )
 from ..types import AgentEvent, ChatChunk, FinishReason, Usage
 from .base import Parser
@@ -234,6 +235,8 @@ class StreamJsonParser(Parser):
             or _UNREACHABLE.search(text)
         ):
             return ServiceUnavailable(text)
+        if "no conversation found" in text.lower():
+            return SessionNotFound(text)
         if _CONTEXT.search(text):
             return ContextLengthExceeded(text)
         if status == 404 or _MODEL.search(text):
