@@ -48,6 +48,7 @@ _ERRORS = (
     "OutputTooLarge",
     "Cancelled",
     "UnsupportedFeature",
+    "InvalidRequest",
     "Overloaded",
 )
 _EXPORTS: dict[str, str] = {

@@ -144,6 +144,13 @@ class UnsupportedFeature(RunnerError):
     http_status = 400
 
 
+class InvalidRequest(RunnerError):
+    """The request cannot be sent as it is (nothing to say, say)."""
+
+    exit_code = 2
+    http_status = 400
+
+
 class Overloaded(RunnerError):
     """llmrun's own concurrency limit is reached."""
 

@@ -127,6 +127,14 @@ async def test_child_environment(claude: FakeRun, monkeypatch: pytest.MonkeyPatc
     assert second["env"]["CLAUDE_CODE_MAX_RETRIES"] == "7"
 
 
+def test_empty_requests_are_refused_before_starting_the_tool() -> None:
+    with pytest.raises(llmrun.InvalidRequest, match="no message"):
+        ClaudeCodeRunner().check_request(ChatRequest.of("  "))
+    resumed = ChatRequest(messages=[Message.user("q"), Message.assistant("a")], session_id="s")
+    with pytest.raises(llmrun.InvalidRequest, match="no new message"):
+        ClaudeCodeRunner().check_request(resumed)
+
+
 def test_unsupported_requests_are_refused_not_dropped() -> None:
     with pytest.raises(llmrun.UnsupportedFeature):
         ClaudeCodeRunner().check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))

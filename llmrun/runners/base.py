@@ -23,11 +23,13 @@ from ..config import RunnerSettings, runner_settings
 from ..errors import (
     AuthenticationError,
     BinaryNotFound,
+    InvalidRequest,
     OutputParseError,
     ProcessFailed,
     RunnerError,
     UnsupportedFeature,
 )
+from ..prompting import new_turns
 from ..types import (
     Capabilities,
     ChatChunk,
@@ -227,6 +229,10 @@ class CliRunner(Runner):
 
     def check_request(self, request: ChatRequest) -> None:
         """Refuse what the tool cannot do, rather than silently dropping it."""
+        turns = new_turns(request.messages) if request.session_id else request.conversation()
+        if not any(m.text.strip() or m.images for m in turns):
+            what = "no new message after the last assistant turn" if request.session_id else "no message to send"
+            raise InvalidRequest(f"the request has {what}", runner=self.name)
         if request.tools:
             raise UnsupportedFeature(
                 "client-defined tools are not passed to CLI tools by a plain run; use llmrun's tool emulation instead",

@@ -105,6 +105,8 @@ class ClaudeCodeRunner(CliRunner):
         return ClaudeParser()
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
+        # stream-json reports a bad --resume id as a failed result; this covers older builds
+        # that print it on stderr only.
         if "No conversation found" in stderr:
             return SessionNotFound(stderr.strip().splitlines()[-1])
         if "requires --verbose" in stderr or "unknown option" in stderr:
