@@ -179,6 +179,7 @@ ERRORS_BY_NAME: dict[str, type[LlmrunError]] = {
         OutputTooLarge,
         Cancelled,
         UnsupportedFeature,
+        InvalidRequest,
         Overloaded,
     )
 }

@@ -97,3 +97,17 @@ def test_flatten_conversation() -> None:
     assert prompt.index("find x") < prompt.index('"q": "x"') < prompt.index("x is 42") < prompt.index("and y?")
     assert prompt.endswith("and y?")
     assert [m.text for m in new_turns(history)] == ["x is 42", "and y?"]
+
+
+def test_every_error_class_is_named_and_exported() -> None:
+    import llmrun
+    from llmrun import errors
+
+    classes = {
+        obj.__name__
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.LlmrunError)
+    }
+    assert classes == set(errors.ERRORS_BY_NAME)
+    assert classes <= set(llmrun.__all__)
+    assert all(getattr(llmrun, name) is errors.ERRORS_BY_NAME[name] for name in classes)
