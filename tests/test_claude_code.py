@@ -303,3 +303,12 @@ def test_metadata() -> None:
 def test_sync_convenience(claude: FakeRun) -> None:
     response = llmrun.complete("claude", "Say hi", model="sonnet")
     assert response.content == "Hello from mock"
+
+
+async def test_health_reports_a_failing_auth_check_as_error(claude: FakeRun) -> None:
+    class HangingAuth(ClaudeCodeRunner):
+        async def check_auth(self, binary: str) -> tuple[bool | None, str]:
+            raise llmrun.RunnerTimeout("no output for 15 s")
+
+    report = await HangingAuth().health()
+    assert report.status == "error" and "auth check failed" in report.message

@@ -321,7 +321,10 @@ class CliRunner(Runner):
                 message=f"version {version} is older than {self.min_version}, the oldest llmrun supports",
                 hint=f"upgrade with `{self.install_hint}`" if self.install_hint else None,
             )
-        authenticated, message = await self.check_auth(binary)
+        try:
+            authenticated, message = await self.check_auth(binary)
+        except RunnerError as exc:
+            return report("error", binary=binary, version=version, message=f"auth check failed: {exc}")
         if authenticated is False:
             return report(
                 "unauthenticated",
