@@ -4,12 +4,12 @@ PYTHON ?= python3
 
 # llmrun itself with its test tools, plus the Claude Code CLI when npm is there and claude is not.
 install:
-	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e '.[dev,server]'
 	@command -v claude >/dev/null || { command -v npm >/dev/null && npm install -g --no-audit --no-fund @anthropic-ai/claude-code; } || true
 
 # The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
 install-clis:
-	npm install -g --no-audit --no-fund @anthropic-ai/claude-code
+	npm install -g --no-audit --no-fund @anthropic-ai/claude-code @openai/codex @google/gemini-cli @qwen-code/qwen-code
 
 test:
 	$(PYTHON) -m pytest -q

@@ -19,11 +19,20 @@ ENTRY_POINT_GROUP = "llmrun.runners"
 
 BUILTIN: dict[str, str] = {
     "claude_code": "llmrun.runners.claude_code:ClaudeCodeRunner",
+    "codex": "llmrun.runners.codex:CodexRunner",
+    "gemini": "llmrun.runners.gemini:GeminiRunner",
+    "qwen": "llmrun.runners.qwen:QwenRunner",
 }
 
 ALIASES: dict[str, str] = {
     "claude": "claude_code",
     "claude-code": "claude_code",
+    "openai-codex": "codex",
+    "codex-cli": "codex",
+    "gemini-cli": "gemini",
+    "gemini_cli": "gemini",
+    "qwen_code": "qwen",
+    "qwen-code": "qwen",
 }
 
 

@@ -80,6 +80,87 @@ def claude_env(tmp_path: str | os.PathLike[str], base_url: str) -> dict[str, str
     return env
 
 
+def codex_env(tmp_path: str | os.PathLike[str]) -> dict[str, str]:
+    """Child environment for running the real `codex` in a throwaway HOME and CODEX_HOME.
+
+    Codex has no base-URL variable: the mock is named by `-c` options instead (see
+    `codex_provider_args` in tests/mock_responses.py), and its provider reads the fake key
+    from OPENAI_API_KEY. Nothing is logged in, so codex's own `openai` provider has no key.
+    """
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    codex_home = Path(env["HOME"]) / ".codex"
+    codex_home.mkdir(exist_ok=True)
+    env["CODEX_HOME"] = str(codex_home)
+    env["OPENAI_API_KEY"] = "sk-test"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def gemini_env(tmp_path: str | os.PathLike[str], base_url: str, *, max_attempts: int | None = None) -> dict[str, str]:
+    """Child environment for running the real `gemini` against the mock Gemini API at `base_url`.
+
+    Setting GOOGLE_GEMINI_BASE_URL turns gemini's auth type into "gateway", which it then
+    rejects (exit 41), so the throwaway HOME's settings pin `gemini-api-key`; telemetry,
+    usage statistics and update checks are off there too. `max_attempts` caps gemini's own
+    retries through those user settings (None leaves them to the runner).
+    """
+    import json
+
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    general: dict[str, object] = {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}
+    if max_attempts is not None:
+        general["maxAttempts"] = max_attempts
+    settings = {
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "telemetry": {"enabled": False},
+        "privacy": {"usageStatisticsEnabled": False},
+        "general": general,
+    }
+    gemini_dir = Path(env["HOME"]) / ".gemini"
+    gemini_dir.mkdir(exist_ok=True)
+    (gemini_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    env["GEMINI_API_KEY"] = "fake"
+    env["GOOGLE_GEMINI_BASE_URL"] = base_url
+    env["GEMINI_TELEMETRY_ENABLED"] = "false"
+    env["GEMINI_CLI_NO_RELAUNCH"] = "true"  # one node process instead of two; faster start
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def qwen_env(tmp_path: str | os.PathLike[str], base_url: str, *, model: str = "mock-model") -> dict[str, str]:
+    """Child environment for running the real `qwen` against the mock OpenAI API at `base_url`.
+
+    `base_url` ends in `/v1` (tests/mock_openai_chat.py: `api.base_url`). The throwaway
+    HOME's settings turn telemetry, usage statistics and update checks off, in qwen's
+    current format (`$version` 4) so that qwen does not rewrite them; no auth type is
+    configured there, so the runner needs `--auth-type openai` in its extra_args or all
+    three OPENAI_* variables, which are set here.
+    """
+    import json
+
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    settings = {
+        "$version": 4,
+        "telemetry": {"enabled": False},
+        "privacy": {"usageStatisticsEnabled": False},
+        "general": {"enableAutoUpdate": False},
+    }
+    qwen_dir = Path(env["HOME"]) / ".qwen"
+    qwen_dir.mkdir(exist_ok=True)
+    (qwen_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    env["OPENAI_API_KEY"] = "sk-test"
+    env["OPENAI_BASE_URL"] = base_url
+    env["OPENAI_MODEL"] = model
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def require_binary(name: str) -> str:
     """Path of the installed CLI `name`, or skip the test with the install hint."""
     path = shutil.which(name)
