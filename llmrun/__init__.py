@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "Parser": "runners.base",
     "Invocation": "process",
     "Limits": "process",
+    "chat_with_tools": "tool_emulation",
+    "stream_with_tools": "tool_emulation",
     **dict.fromkeys(_TYPES, "types"),
     **dict.fromkeys(_ERRORS, "errors"),
 }
@@ -74,6 +76,8 @@ __all__ = [
     "Parser",
     "Invocation",
     "Limits",
+    "chat_with_tools",
+    "stream_with_tools",
     *_TYPES,
     *_ERRORS,
 ]
@@ -83,6 +87,7 @@ if TYPE_CHECKING:
     from .process import Invocation, Limits
     from .registry import get_runner, get_runner_class, runner_names
     from .runners.base import CliRunner, Parser, Runner
+    from .tool_emulation import chat_with_tools, stream_with_tools
     from .types import *  # noqa: F403
 
 

@@ -9,32 +9,41 @@ from __future__ import annotations
 
 import json
 
-from .types import Message
+from .types import Message, ToolCall
 
 _ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool result"}
+
+# The tool-calling convention (see tool_emulation): history shows calls and results in the
+# same form the model is asked to write, so its own earlier turns read as examples.
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
 
 
 def flatten_conversation(messages: list[Message]) -> str:
     """The prompt for a conversation (system messages excluded; those go to the system prompt).
 
-    A single user message is passed as it is. Longer histories become a transcript of the
-    earlier turns followed by the final message, with an instruction to answer only that.
+    What follows the last assistant turn is the new input (a question, or tool results
+    perhaps followed by one) and is passed as it is. Earlier turns, if any, become a
+    transcript before it, with an instruction to answer only the new input.
     """
     turns = [m for m in messages if m.role != "system"]
     if not turns:
         return ""
-    if len(turns) == 1 and turns[0].role == "user":
-        return turns[0].text
-    *earlier, last = turns
+    latest = new_turns(turns) or turns[-1:]
+    earlier = turns[: len(turns) - len(latest)]
+    new_input = "\n\n".join(_render(m) for m in latest)
+    if not earlier:
+        return new_input
     lines = ["<conversation_so_far>"]
     for message in earlier:
         lines.append(f"[{_label(message)}]")
         lines.append(_render(message))
     lines.append("</conversation_so_far>")
     lines.append("")
-    lines.append("Continue this conversation. Reply to the following message only:")
+    what = "message" if len(latest) == 1 else "messages"
+    lines.append(f"Continue this conversation. Reply to the following {what} only:")
     lines.append("")
-    lines.append(_render(last))
+    lines.append(new_input)
     return "\n".join(lines)
 
 
@@ -48,14 +57,23 @@ def new_turns(messages: list[Message]) -> list[Message]:
 
 
 def _label(message: Message) -> str:
-    label = _ROLE_LABELS.get(message.role, message.role)
-    if message.role == "tool" and message.tool_call_id:
-        label += f" ({message.tool_call_id})"
-    return label
+    return _ROLE_LABELS.get(message.role, message.role)
+
+
+def tool_call_block(call: ToolCall) -> str:
+    body = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+    return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
+
+
+def tool_result_block(message: Message) -> str:
+    attributes = f" id={json.dumps(message.tool_call_id or '')}"
+    if message.name:
+        attributes += f" name={json.dumps(message.name)}"
+    return f"<tool_result{attributes}>\n{message.text}\n</tool_result>"
 
 
 def _render(message: Message) -> str:
-    text = message.text
-    for call in message.tool_calls or []:
-        text += f"\n<tool_call id={call.id!r} name={call.name!r}>{json.dumps(call.arguments)}</tool_call>"
-    return text
+    if message.role == "tool":
+        return tool_result_block(message)
+    blocks = [tool_call_block(call) for call in message.tool_calls or []]
+    return "\n".join([message.text, *blocks] if message.text else blocks)
