@@ -515,7 +515,7 @@ async def test_unknown_session_is_session_not_found(runner: ClaudeCodeRunner, ap
 
 async def test_stall_timeout_ends_a_hanging_run(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
     api.scenario = "hang"
-    run = asyncio.ensure_future(runner.complete(request("hi", workdir, stall_timeout=2)))
+    run = asyncio.ensure_future(runner.complete(request("hi", workdir, stall_timeout=5)))
     try:
         assert await asyncio.to_thread(api.wait_for_requests, 1, 15.0), "claude never called the API"
         assert processes_in(workdir), "claude is not running in the work dir (or /proc cannot show it)"

@@ -412,8 +412,10 @@ async def test_unknown_session_is_session_not_found(runner: GeminiRunner, api: M
 async def test_stall_timeout_ends_a_silent_run(runner: GeminiRunner, api: MockGemini, workdir: str) -> None:
     api.scenario = "stall"  # the first word, then silence
     deltas = []
+    # The limit must exceed gemini's own start-up (over a second, several under load), which
+    # also counts as silence; only the mock's endless pause after the first word may reach it.
     with pytest.raises(llmrun.RunnerTimeout) as caught:
-        async with contextlib.aclosing(runner.stream(request("Count", workdir, stall_timeout=1.5))) as stream:
+        async with contextlib.aclosing(runner.stream(request("Count", workdir, stall_timeout=6))) as stream:
             async for chunk in stream:
                 deltas.append(chunk.delta)
                 assert processes_in(workdir)

@@ -481,7 +481,7 @@ async def test_unknown_session_is_session_not_found(runner: QwenRunner, api: Moc
 async def test_stall_timeout_ends_a_hanging_run(runner: QwenRunner, api: MockOpenAIChat, workdir: str) -> None:
     api.scenario = "hang"
     # Generous enough for qwen's own silent start-up on a busy machine (about 1 s when idle).
-    run = asyncio.ensure_future(runner.complete(request("hi", workdir, stall_timeout=4)))
+    run = asyncio.ensure_future(runner.complete(request("hi", workdir, stall_timeout=6)))
     try:
         assert await asyncio.to_thread(api.wait_for_requests, 1, 15.0), "qwen never called the API"
         with pytest.raises(llmrun.RunnerTimeout) as caught:
