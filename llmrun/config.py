@@ -45,9 +45,20 @@ class RunnerSettings:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# Top-level keys of the file and what each must be.
+TOP_LEVEL_KEYS = {
+    "runner": "a runner name (string)",
+    "runners": "a table of runner tables",
+    "server": "a table of `llmrun serve` settings",
+}
+
+
 def load_file(path: Path | None = None) -> dict[str, Any]:
+    """The parsed file ({} when there is none), its top level checked."""
     path = path or config_path()
     if not path.is_file():
+        if path.exists():
+            raise ConfigError(f"{path}: the config file is not a regular file")
         return {}
     if sys.version_info >= (3, 11):
         import tomllib
@@ -56,9 +67,37 @@ def load_file(path: Path | None = None) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             data: dict[str, Any] = tomllib.load(fh)
-            return data
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
+    check_top_level(data, path)
+    return data
+
+
+def check_top_level(data: dict[str, Any], path: Path) -> None:
+    """Catch typos and wrong kinds at the top of the file (a typo would otherwise be ignored)."""
+    if unknown := sorted(set(data) - set(TOP_LEVEL_KEYS)):
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    if "runner" in data and not isinstance(data["runner"], str):
+        raise ConfigError(f"{path}: runner: expected {TOP_LEVEL_KEYS['runner']}, got {data['runner']!r}")
+    if "server" in data and not isinstance(data["server"], dict):
+        raise ConfigError(f"{path}: server: expected {TOP_LEVEL_KEYS['server']}, e.g. [server]")
+    runners = data.get("runners", {})
+    if not isinstance(runners, dict):
+        raise ConfigError(f"{path}: runners: expected {TOP_LEVEL_KEYS['runners']}, e.g. [runners.claude_code]")
+    for name, table in runners.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: runners.{name}: expected a table, e.g. [runners.{name}]")
+
+
+def check_runner_tables(data: dict[str, Any], path: Path, known: list[str], aliases: dict[str, str]) -> None:
+    """Every [runners.NAME] table must name a known runner (an alias there would be ignored)."""
+    for name in data.get("runners", {}):
+        if name not in known:
+            proper = aliases.get(name)
+            raise ConfigError(
+                f"{path}: [runners.{name}]: unknown runner {name!r}; expected one of {', '.join(known)}",
+                hint=f"name the table [runners.{proper}]" if proper else "`llmrun runners` lists the runners",
+            )
 
 
 def runner_settings(name: str, data: dict[str, Any] | None = None) -> RunnerSettings:
@@ -90,15 +129,20 @@ def runner_settings(name: str, data: dict[str, Any] | None = None) -> RunnerSett
             raise ConfigError(f"{where} env: expected a table of strings")
         settings.env = dict(env)
 
-    prefix = f"LLMRUN_{name.upper()}_"
-    if value := os.environ.get(prefix + "BIN"):
-        settings.binary = value
-    if value := os.environ.get(prefix + "MODEL"):
-        settings.default_model = value
-    for key, var in (("timeout", "TIMEOUT"), ("stall_timeout", "STALL_TIMEOUT")):
-        if value := os.environ.get(prefix + var):
-            settings.__dict__[key] = _seconds(value, prefix + var)
+    for key in ENV_OVERRIDES:
+        var = env_var(name, key)
+        if value := os.environ.get(var):
+            settings.__dict__[key] = _seconds(value, var) if key in ("timeout", "stall_timeout") else value
     return settings
+
+
+# Settings the environment can override, and the suffix of their variable.
+ENV_OVERRIDES = {"binary": "BIN", "default_model": "MODEL", "timeout": "TIMEOUT", "stall_timeout": "STALL_TIMEOUT"}
+
+
+def env_var(runner: str, key: str) -> str:
+    """The variable that overrides one setting of a runner, e.g. LLMRUN_CLAUDE_CODE_BIN."""
+    return f"LLMRUN_{runner.upper()}_{ENV_OVERRIDES[key]}"
 
 
 def _expect(value: Any, kind: type, where: str, what: str) -> Any:

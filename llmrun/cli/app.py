@@ -1,157 +1,356 @@
-"""The `llmrun` command."""
+"""The `llmrun` command.
+
+Only typer and llmrun's error classes are imported here; each command imports what it needs
+when it runs, so `llmrun --help` loads neither pydantic nor rich (rich only for help on a
+terminal) nor any runner.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+from typer.core import TyperCommand
 
-from ..errors import LlmrunError, RunnerError
+from ..errors import Cancelled, LlmrunError, RunnerError
+from . import render
 
 app = typer.Typer(
     name="llmrun",
-    help="Use the AI command-line tools you already have (claude, codex, gemini, ...) through one interface.",
+    help="Use the AI command-line tools you already have (claude, codex, gemini, qwen, ...) through one interface.",
+    epilog="Exit codes: 0 ok, 1 failure or unhealthy runner, 2 bad usage or config, 3 tool not installed, "
+    "4 not logged in, 5 rate limited, 6 service unavailable, 7 unknown model, 8 context too long, "
+    "9 session not found, 10 timeout, 11 tool failed, 12 unreadable output, 13 output too large, "
+    "14 unsupported, 15 overloaded, 130 cancelled.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+config_app = typer.Typer(help="Where the config file is, and the settings in effect.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
-DEFAULT_RUNNER = "claude_code"
+
+# --- errors ---------------------------------------------------------------------------------
 
 
 def _fail(exc: LlmrunError, *, as_json: bool) -> NoReturn:
-    kind = type(exc).__name__
     if as_json:
-        error: dict[str, Any] = {"type": kind, "message": str(exc)}
+        error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
         if exc.hint:
             error["hint"] = exc.hint
         if isinstance(exc, RunnerError):
+            error["runner"] = exc.runner
             error["exit_code"] = exc.process_exit_code
             if exc.stderr:
                 error["stderr"] = exc.stderr[-2000:]
         print(json.dumps({"error": error}))
-    print(f"llmrun: {kind}: {exc}", file=sys.stderr)
-    if exc.hint:
-        print(f"llmrun: hint: {exc.hint}", file=sys.stderr)
+    for line in render.error_lines(exc, debug=render.flags.debug):
+        print(line, file=sys.stderr)
     raise typer.Exit(exc.exit_code)
 
 
-def _default_runner() -> str:
-    if name := os.environ.get("LLMRUN_RUNNER"):
-        return name
-    from ..config import load_file
-
-    configured = load_file().get("runner")
-    return configured if isinstance(configured, str) else DEFAULT_RUNNER
+def _is_usage_exception(exc: BaseException) -> bool:
+    """typer's and click's own exceptions (exit, bad parameter) must reach them untouched."""
+    return type(exc).__module__.split(".")[0] in ("typer", "click")
 
 
-def _read_prompt(prompt: Optional[str]) -> str:
-    piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin
-    if prompt == "-":
-        if piped is None:
-            raise typer.BadParameter("`-` reads the prompt from stdin, but stdin is a terminal")
-        return piped.read()
-    if prompt is None:
-        if piped is None:
-            raise typer.BadParameter("give a prompt, or pipe one on stdin")
-        return piped.read()
-    if piped is not None:
-        context = piped.read()
-        if context.strip():
-            return f"{prompt}\n\n{context}"  # stdin as context after the prompt, as llm does
-    return prompt
+@contextmanager
+def reporting(*, as_json: bool = False) -> Iterator[None]:
+    """Every failure becomes one line (plus hints) and its exit code; a traceback only with --debug."""
+    try:
+        yield
+    except LlmrunError as exc:
+        if render.flags.debug:
+            traceback.print_exc()
+        _fail(exc, as_json=as_json)
+    except KeyboardInterrupt:
+        _fail(Cancelled("cancelled (Ctrl-C)"), as_json=as_json)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other Unix tools do.
+        _silence_stdout()
+        raise typer.Exit(141) from None
+    except Exception as exc:
+        if _is_usage_exception(exc) or render.flags.debug:
+            raise
+        print(f"llmrun: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("llmrun: hint: this is unexpected; `llmrun --debug ...` shows where it happened", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
-@app.command()
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the flush at exit cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a test runner's stdout has no descriptor
+        pass
+
+
+# --- options shared by commands -------------------------------------------------------------
+
+
+def _complete_runner(incomplete: str) -> list[str]:
+    from .. import registry
+
+    names = [*registry.runner_names(), *getattr(registry, "ALIASES", {})]
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def _runner_option(help: str) -> Any:
+    return typer.Option(None, "--runner", "-r", metavar="NAME", help=help, autocompletion=_complete_runner)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"llmrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(
+        False, "--version", "-V", help="Print the version and exit.", callback=_show_version, is_eager=True
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="LLMRUN_DEBUG", help="On errors, show the traceback and the tool's stderr."
+    ),
+    no_color: bool = typer.Option(False, "--no-color", help="No colours (as does the NO_COLOR variable)."),
+) -> None:
+    """Use the AI command-line tools you already have (claude, codex, gemini, qwen, ...) through one interface."""
+    render.flags.debug = debug
+    render.flags.no_color = no_color
+
+
+# --- chat -----------------------------------------------------------------------------------
+
+
+class ChatCommand(TyperCommand):
+    """`--option KEY VALUE` takes two values, which typer cannot declare for a repeated option:
+    each pair is packed into one JSON argument before parsing."""
+
+    PAIR_OPTIONS = ("--option", "-o")
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self.pack_pairs(args, resilient=bool(ctx.resilient_parsing)))
+
+    def pack_pairs(self, args: list[str], *, resilient: bool = False) -> list[str]:
+        takes_value = {
+            opt
+            for param in self.params
+            if getattr(param, "param_type_name", "") == "option" and not getattr(param, "is_flag", False)
+            for opt in param.opts
+            if opt not in self.PAIR_OPTIONS
+        }
+        packed: list[str] = []
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--":
+                packed += [arg, *rest]
+                break
+            if arg in takes_value:
+                packed += [arg, *[value for value in [next(rest, None)] if value is not None]]
+                continue
+            key: str | None
+            if arg in self.PAIR_OPTIONS:
+                key = next(rest, None)
+            elif arg.startswith("--option="):
+                key = arg.partition("=")[2]
+            else:
+                packed.append(arg)
+                continue
+            value = next(rest, None)
+            if key is None or value is None:
+                if resilient:
+                    break
+                raise typer.BadParameter("needs two values: KEY VALUE", param_hint="'--option'")
+            packed += ["--option", json.dumps([key, value])]
+        return packed
+
+
+@app.command(cls=ChatCommand, short_help="Ask a runner; with no prompt on a terminal, chat.")
 def chat(
-    prompt: Optional[str] = typer.Argument(None, help="The prompt; `-` reads it from stdin."),
-    runner: Optional[str] = typer.Option(None, "--runner", "-r", help="Runner name or alias."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or alias, as the tool knows it."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    prompt: Optional[str] = typer.Argument(
+        None,
+        metavar="PROMPT",
+        help="The prompt; `-` reads it from stdin. None on a terminal: an interactive conversation.",
+    ),
+    runner: Optional[str] = _runner_option("Runner name or alias (default: $LLMRUN_RUNNER, config, first ready)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", metavar="NAME", help="Model or alias, as the tool knows it."
+    ),
+    system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
+    continue_: bool = typer.Option(False, "--continue", "-c", help="Continue the last conversation."),
+    session: Optional[str] = typer.Option(None, "--session", metavar="ID", help="Continue this session of the tool."),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-o", metavar="KEY VALUE", help="Runner option (repeatable); VALUE is JSON or text."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one ChatResponse as JSON."),
     as_jsonl: bool = typer.Option(False, "--jsonl", help="Print one ChatChunk per line as JSON."),
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the answer only when complete."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Hard time limit in seconds."),
-    session: Optional[str] = typer.Option(None, "--session", help="Resume this session of the tool."),
+    markdown: bool = typer.Option(False, "--markdown", help="Render the answer as Markdown (on a terminal)."),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Do not show the model's thinking."),
+    usage: bool = typer.Option(False, "--usage", "-u", help="Print tokens, cost and timing on stderr."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Hard time limit in seconds."),
     allow_tools: bool = typer.Option(False, "--allow-tools", help="Let the tool use its own agent tools."),
-    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory for the tool."),
+    cwd: Optional[Path] = typer.Option(
+        None,
+        "--cwd",
+        metavar="DIR",
+        help="Working directory for the tool.",
+        exists=True,
+        file_okay=False,
+        resolve_path=True,
+    ),
 ) -> None:
-    """Send a prompt to a runner; the answer streams to stdout."""
-    from ..registry import get_runner
-    from ..types import ChatRequest
+    """Send a prompt to a runner and stream the answer; with no prompt on a terminal, chat."""
+    if timeout is not None and timeout <= 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="'--timeout'")
+    with reporting(as_json=as_json or as_jsonl):
+        from .chat import ChatOptions, parse_options, run
+        from .selection import check_config
 
-    try:
-        text = _read_prompt(prompt)
-        request = ChatRequest.of(
-            text, model=model, system=system, timeout=timeout, session_id=session, allow_tools=allow_tools, cwd=cwd
+        check_config()
+        pairs = [tuple(json.loads(packed)) for packed in option or []]
+        opts = ChatOptions(
+            model=model,
+            system=system,
+            timeout=timeout,
+            allow_tools=allow_tools,
+            cwd=str(cwd) if cwd else None,
+            options=parse_options(pairs),  # type: ignore[arg-type]
+            as_json=as_json,
+            as_jsonl=as_jsonl,
+            no_stream=no_stream,
+            show_thinking=not hide_thinking,
+            markdown=markdown,
+            usage=usage,
         )
-        selected = get_runner(runner or _default_runner())
-        asyncio.run(_chat(selected, request, as_json=as_json, as_jsonl=as_jsonl, no_stream=no_stream))
-    except LlmrunError as exc:
-        _fail(exc, as_json=as_json or as_jsonl)
-    except KeyboardInterrupt:
-        print("llmrun: Cancelled", file=sys.stderr)
-        raise typer.Exit(130) from None
+        code = run(prompt=prompt, runner_name=runner, session=session, continuing=continue_, opts=opts)
+    raise typer.Exit(code)
 
 
-async def _chat(runner: Any, request: Any, *, as_json: bool, as_jsonl: bool, no_stream: bool) -> None:
-    from contextlib import aclosing
-
-    out = sys.stdout
-    if as_json or no_stream:
-        response = await runner.complete(request)
-        if as_json:
-            out.write(response.model_dump_json() + "\n")
-        else:
-            out.write(response.content + ("" if response.content.endswith("\n") else "\n"))
-        return
-    ended_with_newline = True
-    async with aclosing(runner.stream(request)) as stream:
-        async for chunk in stream:
-            if as_jsonl:
-                out.write(chunk.model_dump_json(exclude_defaults=True) + "\n")
-            elif chunk.delta:
-                out.write(chunk.delta)
-                ended_with_newline = chunk.delta.endswith("\n")
-            else:
-                continue
-            out.flush()
-    if not as_jsonl and not ended_with_newline:
-        out.write("\n")
+# --- runners, models, health ----------------------------------------------------------------
 
 
-@app.command()
+@app.command(short_help="Known runners: installed, logged in, capabilities.")
+def runners(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """Every runner llmrun knows: installed, version, logged in, default model, capabilities."""
+    with reporting(as_json=as_json):
+        from .selection import check_config
+        from .views import print_runners, runner_rows
+
+        check_config()
+        print_runners(runner_rows(), as_json=as_json)
+
+
+def _selected(names: list[str]) -> list[str]:
+    """Canonical names, each known (else RunnerNotFound), without repeats."""
+    from ..registry import canonical_name, get_runner_class
+
+    for name in names:
+        get_runner_class(name)
+    return list(dict.fromkeys(canonical_name(name) for name in names))
+
+
+@app.command(short_help="Models per runner, built in and discovered.")
+def models(
+    runner: Optional[list[str]] = _runner_option("Only this runner (repeatable); default: every runner."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of models."),
+) -> None:
+    """Models per runner: built in, and discovered from the tool where it can list them."""
+    with reporting(as_json=as_json):
+        from ..registry import runner_names
+        from .selection import check_config
+        from .views import model_list, print_models
+
+        check_config()
+        print_models(model_list(_selected(runner) if runner else runner_names()), as_json=as_json)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    github = "github"
+
+
+@app.command(short_help="Check runners; exit 0 only if all are ok (for CI).")
 def health(
-    runners: Optional[list[str]] = typer.Option(None, "--runner", "-r", help="Runner to check (repeatable)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of HealthReports."),
+    runner: Optional[list[str]] = _runner_option("Runner to check (repeatable); default: every installed one."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of HealthReports (= --format json)."),
     probe: bool = typer.Option(False, "--probe", help="Also send a tiny real prompt and time it."),
+    fmt: Format = typer.Option(
+        Format.table,
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="table, json, or github (::error annotations for GitHub Actions).",
+    ),
 ) -> None:
     """Check that runners are installed, current and logged in; exit 0 only if all are ok."""
-    from ..registry import get_runner, runner_names
+    kind = "json" if as_json else fmt.value
+    with reporting(as_json=kind == "json"):
+        from .selection import check_config, installed_runner_names
+        from .views import checked, print_health
 
-    try:
-        selected = [get_runner(name) for name in (runners or runner_names())]
-    except LlmrunError as exc:
-        _fail(exc, as_json=as_json)
-
-    async def check_all() -> list[Any]:
-        return list(await asyncio.gather(*(r.health(probe=probe) for r in selected)))
-
-    reports = asyncio.run(check_all())
-    if as_json:
-        print(json.dumps([r.model_dump() for r in reports], indent=2))
-    else:
-        for r in reports:
-            latency = f"{r.latency_ms} ms" if r.latency_ms is not None else ""
-            print(f"{r.runner:<14} {r.status:<16} {r.version or '-':<10} {latency:>8}  {r.message}")
-            if r.hint and not r.ok:
-                print(f"{'':<14} hint: {r.hint}")
+        check_config()
+        names = _selected(runner) if runner else installed_runner_names()
+        if not names:
+            _none_installed(kind)
+        reports = checked(names, probe=probe)
+        print_health(reports, fmt=kind)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
+def _none_installed(kind: str) -> NoReturn:
+    from ..registry import runner_names
+    from .views import github_error
+
+    message = "no runner is installed (looked for: " + ", ".join(runner_names()) + ")"
+    if kind == "json":
+        print("[]")
+    elif kind == "github":
+        print(github_error("llmrun health", message))
+    print(f"llmrun: {message}", file=sys.stderr)
+    print("llmrun: hint: `llmrun runners` shows how to install each tool", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("path")
+def config_path_command() -> None:
+    """Print the config file's path ($LLMRUN_CONFIG, else $XDG_CONFIG_HOME/llmrun/config.toml)."""
+    from ..config import config_path
+
+    print(config_path())
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
+    """The settings in effect per runner (file, then LLMRUN_* variables), as TOML."""
+    with reporting(as_json=as_json):
+        from .views import config_toml, effective_config
+
+        config = effective_config()
+        print(json.dumps(config, indent=2) if as_json else config_toml(config), end="\n" if as_json else "")
+
+
 def main() -> None:
-    app()
+    app(prog_name="llmrun")
+
+
+from .serve import serve  # noqa: E402 - imports only typer; the server loads when it runs
+
+app.command(short_help="Serve the OpenAI and Anthropic APIs over the runners.")(serve)

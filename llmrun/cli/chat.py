@@ -1,0 +1,259 @@
+"""`llmrun chat`: one answer, or an interactive conversation on a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, TextIO, TypeVar
+
+import typer
+
+from ..errors import SessionNotFound, UnsupportedFeature
+from ..registry import get_runner
+from ..runners.base import Runner
+from ..types import ChatChunk, ChatRequest, ChatResponse
+from . import render, selection, state
+
+T = TypeVar("T")
+
+
+@dataclass
+class ChatOptions:
+    """How answers are requested and shown."""
+
+    model: str | None = None
+    system: str | None = None
+    timeout: float | None = None
+    allow_tools: bool = False
+    cwd: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    as_json: bool = False
+    as_jsonl: bool = False
+    no_stream: bool = False
+    show_thinking: bool = True
+    markdown: bool = False
+    usage: bool = False
+
+    def request(self, text: str, *, session_id: str | None, history: list[Any] | None = None) -> ChatRequest:
+        from ..types import Message
+
+        return ChatRequest(
+            messages=[*(history or []), Message.user(text)],
+            model=self.model,
+            system=self.system,
+            timeout=self.timeout,
+            session_id=session_id,
+            allow_tools=self.allow_tools,
+            cwd=self.cwd,
+            options=dict(self.options),
+        )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an answer; `presses` counts how often it was pressed before the run ended."""
+
+    def __init__(self, presses: int) -> None:
+        super().__init__()
+        self.presses = presses
+
+
+def run_interruptible(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; Ctrl-C cancels it (so its tool's process group is killed) and raises
+    Interrupted once the clean-up is done. Further presses during the clean-up are counted,
+    not acted on, so they cannot cut the kill short."""
+    presses = 0
+
+    async def main() -> T:
+        nonlocal presses
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigint() -> None:
+            nonlocal presses
+            presses += 1
+            if presses == 1:
+                task.cancel()
+
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            installed = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals
+            installed = False
+        try:
+            return await coro
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if presses:
+            raise Interrupted(presses) from None
+        raise
+
+
+def parse_options(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """`--option KEY VALUE` pairs; a VALUE that parses as JSON is taken as JSON (3, true, [..])."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def read_prompt(prompt: str | None) -> str:
+    piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin
+    if prompt == "-":
+        if piped is None:
+            raise typer.BadParameter("`-` reads the prompt from stdin, but stdin is a terminal")
+        return piped.read()
+    if prompt is None:
+        if piped is None:
+            raise typer.BadParameter("give a prompt, or pipe one on stdin")
+        return piped.read()
+    if piped is not None:
+        context = piped.read()
+        if context.strip():
+            return f"{prompt}\n\n{context}"  # stdin as context after the prompt, as llm does
+    return prompt
+
+
+def wants_interactive(prompt: str | None, opts: ChatOptions) -> bool:
+    return prompt is None and sys.stdin is not None and sys.stdin.isatty() and not (opts.as_json or opts.as_jsonl)
+
+
+def choose_runner(explicit: str | None, *, continuing: bool) -> str:
+    """--runner, else (with --continue) the runner of the last conversation, else the default."""
+    if explicit:
+        return explicit
+    if continuing and (last := state.last_runner()):
+        return last
+    if configured := selection.configured_runner():
+        return configured
+    err = sys.stderr
+    spinner = render.Spinner(err, "looking for a ready runner") if render.isatty(err) else None
+
+    def progress(waiting: list[str]) -> None:
+        if spinner is not None:
+            spinner.label = f"looking for a ready runner: checking {', '.join(waiting)}"
+
+    async def detect() -> str:
+        if spinner is not None:
+            spinner.start()
+        try:
+            return await selection.detect_runner(progress)
+        finally:
+            if spinner is not None:
+                spinner.stop()
+
+    return run_interruptible(detect())
+
+
+def resolve_session(runner: Runner, session: str | None, continuing: bool, opts: ChatOptions) -> str | None:
+    if continuing:
+        last = state.last_session(runner.name)
+        if last is None:
+            raise SessionNotFound(
+                f"there is no earlier conversation with {runner.name} to continue",
+                runner=runner.name,
+                hint=f'start one with `llmrun chat -r {runner.name} "..."`',
+            )
+        session = last.session_id
+        opts.model = opts.model or last.model
+    if session and not runner.capabilities.sessions:
+        raise UnsupportedFeature(f"{runner.display_name} keeps no sessions that llmrun can resume", runner=runner.name)
+    return session
+
+
+def run(
+    *,
+    prompt: str | None,
+    runner_name: str | None,
+    session: str | None,
+    continuing: bool,
+    opts: ChatOptions,
+) -> int:
+    """The whole `chat` command; returns the exit code."""
+    if session and continuing:
+        raise typer.BadParameter("give either --session or --continue, not both")
+    interactive = wants_interactive(prompt, opts)
+    text = None if interactive else read_prompt(prompt)
+    runner = get_runner(choose_runner(runner_name, continuing=continuing))
+    session_id = resolve_session(runner, session, continuing, opts)
+    if interactive:
+        from .interactive import Conversation
+
+        return Conversation(runner, opts, session_id).loop()
+    assert text is not None
+    request = opts.request(text, session_id=session_id)
+    response = run_interruptible(answer(runner, request, opts))
+    if response.session_id:
+        state.remember(runner.name, response.session_id, opts.model)
+    return 0
+
+
+def label_for(runner: Runner, model: str | None) -> str:
+    return f"{runner.display_name} ({model or runner.default_model or 'default model'}) is thinking"
+
+
+async def answer(
+    runner: Runner, request: ChatRequest, opts: ChatOptions, out: TextIO | None = None, err: TextIO | None = None
+) -> ChatResponse:
+    """Ask once and show the answer the way `opts` says; the response is returned."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    machine = opts.as_json or opts.as_jsonl
+    printer = render.ChatPrinter(
+        out,
+        err,
+        label=label_for(runner, request.model),
+        show_text=not machine,
+        show_thinking=opts.show_thinking,
+        markdown=opts.markdown,
+    )
+    started = time.monotonic()
+    printer.start()
+    try:
+        if opts.as_json or opts.no_stream:
+            response = await runner.complete(request)
+            if opts.as_json:
+                printer.finish()
+                out.write(response.model_dump_json() + "\n")
+                out.flush()
+            else:
+                printer.whole(response)
+        else:
+            chunks: list[ChatChunk] = []
+            async with aclosing(runner.stream(request)) as stream:
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    printer.chunk(chunk)
+                    if opts.as_jsonl:
+                        out.write(chunk.model_dump_json(exclude_defaults=True) + "\n")
+                        out.flush()
+            response = ChatResponse.from_chunks(
+                chunks, runner=runner.name, duration_ms=int((time.monotonic() - started) * 1000)
+            )
+    finally:
+        printer.finish()
+    if opts.usage:
+        first = printer.first_output - started if printer.first_output is not None else None
+        sep = " · " if render.unicode_ok(err) else " | "
+        line = render.usage_line(
+            response, elapsed=time.monotonic() - started, first_output=first, runner=runner.name, sep=sep
+        )
+        render.print_usage(err, line)
+    return response

@@ -1,0 +1,303 @@
+"""The FastAPI application: routes of the OpenAI and Anthropic APIs over llmrun's runners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .. import __version__
+from ..errors import InvalidRequest, LlmrunError, RunnerError
+from ..runners.base import Runner
+from ..types import HealthReport
+from . import anthropic_api, openai_api
+from .common import MethodNotAllowed, PathNotFound
+from .limits import Limiter
+from .response import Inflight, RunResponse, error_json
+from .runners import RunnerPool
+from .security import Guard, error_parts
+from .sessions import SessionStore
+from .settings import ServerSettings
+from .turns import Engine
+
+log = logging.getLogger("llmrun.server")
+
+SESSION_HEADER = "x-llmrun-session"
+
+_CHAT_SCHEMA = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "description": "RUNNER/MODEL, RUNNER:MODEL, a runner, or an alias"},
+        "messages": {"type": "array", "items": {"type": "object"}},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {},
+        "response_format": {"type": "object"},
+        "temperature": {"type": "number"},
+        "max_tokens": {"type": "integer"},
+        "user": {"type": "string", "description": "conversation id (resumes the tool's session)"},
+    },
+}
+_MESSAGES_SCHEMA = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "description": "RUNNER/MODEL, RUNNER:MODEL, a runner, or an alias"},
+        "messages": {"type": "array", "items": {"type": "object"}},
+        "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "max_tokens": {"type": "integer"},
+        "stream": {"type": "boolean"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "object"},
+        "metadata": {"type": "object", "properties": {"user_id": {"type": "string"}}},
+    },
+}
+
+
+def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class ServerState:
+    """What the routes share: settings, runners, limits, sessions, runs in flight."""
+
+    def __init__(
+        self, settings: ServerSettings, runners: Mapping[str, Runner] | None, store: SessionStore | None
+    ) -> None:
+        self.settings = settings
+        self.pool = RunnerPool(settings.aliases, runners)
+        self.limiter = Limiter(
+            settings.max_concurrency, settings.max_per_runner, settings.max_queue, settings.queue_timeout
+        )
+        self.store = store or SessionStore(settings.sessions)
+        self.engine = Engine(settings, self.pool, self.limiter, self.store)
+        self.inflight = Inflight()
+        self._ready: tuple[float, list[HealthReport]] | None = None
+        self._ready_lock = asyncio.Lock()
+
+    async def health_reports(self) -> list[HealthReport]:
+        """Every runner's HealthReport, checked at most once per `ready_cache_seconds`."""
+        async with self._ready_lock:
+            now = time.monotonic()
+            if self._ready is not None and now - self._ready[0] < self.settings.ready_cache_seconds:
+                return self._ready[1]
+            runners = []
+            for name in self.pool.names():
+                try:
+                    runners.append(self.pool.get(name))
+                except LlmrunError as exc:
+                    log.warning("runner %s cannot be loaded: %s", name, exc)
+            reports = await asyncio.gather(*(r.health() for r in runners), return_exceptions=True)
+            checked = [
+                report
+                if isinstance(report, HealthReport)
+                else HealthReport(runner=runner.name, status="error", message=f"health check failed: {report}")
+                for runner, report in zip(runners, reports, strict=True)
+            ]
+            self._ready = (time.monotonic(), checked)
+            return checked
+
+    async def models(self) -> list[tuple[str, str, str]]:
+        """(id, runner, display name) of every model of every installed runner, then the aliases."""
+        found: list[tuple[str, str, str]] = []
+        for name in self.pool.names():
+            try:
+                runner = self.pool.get(name)
+            except LlmrunError:
+                continue
+            if not self.pool.installed(runner):
+                continue
+            try:
+                infos = await runner.available_models()
+            except RunnerError:
+                infos = runner.known_models()
+            found += [(f"{runner.name}/{m.id}", runner.name, m.name or m.id) for m in infos]
+        for alias, spec in self.settings.aliases.items():
+            found.append((alias, spec.partition("/")[0] or "alias", f"{alias} → {spec}"))
+        return found
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    runners: Mapping[str, Runner] | None = None,
+    store: SessionStore | None = None,
+) -> FastAPI:
+    """The daemon's ASGI app. `runners` adds or replaces runners by name (tests, embedding)."""
+    state = ServerState(settings, runners, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.inflight.drain(0 if state.inflight.draining else settings.shutdown_timeout)
+        state.store.close()
+
+    app = FastAPI(
+        title="llmrun",
+        version=__version__,
+        description="OpenAI- and Anthropic-compatible API over the AI command-line tools on this machine.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.llmrun = state
+
+    @app.exception_handler(LlmrunError)
+    async def _llmrun_error(request: Request, exc: LlmrunError) -> Response:
+        return error_json(*error_parts(request.url.path, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error: LlmrunError
+        if exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 404:
+            error = PathNotFound(f"no such endpoint: {request.method} {request.url.path}")
+        else:
+            error = LlmrunError(str(exc.detail))
+            error.http_status = exc.status_code
+        return error_json(*error_parts(request.url.path, error))
+
+    def _conversation(request: Request, from_body: str | None) -> str | None:
+        return request.headers.get(SESSION_HEADER) or from_body
+
+    @app.post("/v1/chat/completions", openapi_extra=_body_doc(_CHAT_SCHEMA), tags=["OpenAI"])
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI Chat Completions, streaming (SSE) or not."""
+        parsed = openai_api.parse(await _json_body(request))
+        conversation = _conversation(request, parsed.conversation)
+        turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
+        output = openai_api.Output(parsed.model, include_usage=parsed.include_usage)
+        headers = {"x-llmrun-runner": turn.runner.name}
+        if parsed.stream:
+            return RunResponse(output, state.inflight, stream=lambda: state.engine.stream(turn), headers=headers)
+        return RunResponse(output, state.inflight, complete=lambda: state.engine.complete(turn), headers=headers)
+
+    @app.post("/v1/messages", openapi_extra=_body_doc(_MESSAGES_SCHEMA), tags=["Anthropic"])
+    async def messages(request: Request) -> Response:
+        """Anthropic Messages, streaming (SSE) or not."""
+        parsed = anthropic_api.parse(await _json_body(request))
+        conversation = _conversation(request, parsed.conversation)
+        turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
+        output = anthropic_api.Output(parsed.model)
+        headers = {"x-llmrun-runner": turn.runner.name}
+        if parsed.stream:
+            return RunResponse(output, state.inflight, stream=lambda: state.engine.stream(turn), headers=headers)
+        return RunResponse(output, state.inflight, complete=lambda: state.engine.complete(turn), headers=headers)
+
+    @app.post("/v1/messages/count_tokens", tags=["Anthropic"])
+    async def count_tokens(request: Request) -> dict[str, int]:
+        """A rough count (4 characters a token): the tools do not expose their tokenizers."""
+        body = await _json_body(request)
+        text = json.dumps([body.get("system"), body.get("messages"), body.get("tools")], ensure_ascii=False)
+        return {"input_tokens": max(1, len(text) // 4)}
+
+    @app.get("/v1/models", tags=["OpenAI", "Anthropic"])
+    async def models(request: Request) -> dict[str, Any]:
+        """Every model of every installed runner as `runner/model`, and the configured aliases."""
+        found = await state.models()
+        if "anthropic-version" in request.headers:
+            data = [
+                {"type": "model", "id": mid, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+                for mid, _, name in found
+            ]
+            return {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        return {
+            "object": "list",
+            "data": [{"id": mid, "object": "model", "created": 0, "owned_by": owner} for mid, owner, _ in found],
+        }
+
+    @app.get("/v1/models/{model_id:path}", tags=["OpenAI", "Anthropic"])
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        for mid, owner, name in await state.models():
+            if mid == model_id:
+                if "anthropic-version" in request.headers:
+                    return {"type": "model", "id": mid, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+                return {"id": mid, "object": "model", "created": 0, "owned_by": owner}
+        target = state.pool.resolve(model_id)  # a valid name that is not listed still resolves
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": target.runner_name}
+
+    @app.get("/health", tags=["llmrun"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the server answers."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/health/ready", tags=["llmrun"])
+    async def ready() -> Response:
+        """Readiness per runner; 503 when no runner is usable."""
+        reports = await state.health_reports()
+        usable = [r.runner for r in reports if r.ok]
+        body = {
+            "status": "ready" if usable else "unavailable",
+            "usable": usable,
+            "runners": {
+                r.runner: r.model_dump(include={"status", "version", "authenticated", "message", "hint"})
+                for r in reports
+            },
+        }
+        return JSONResponse(body, status_code=200 if usable else 503)
+
+    @app.get("/v1/runners", tags=["llmrun"])
+    async def runners_route() -> dict[str, Any]:
+        """Known runners: installed or not, capabilities, models; and the server's limits."""
+        out = []
+        for name in state.pool.names():
+            try:
+                runner = state.pool.get(name)
+            except LlmrunError as exc:
+                out.append({"name": name, "error": str(exc)})
+                continue
+            meta = runner.metadata().model_dump()
+            meta["installed"] = state.pool.installed(runner)
+            out.append(meta)
+        return {"object": "list", "data": out, "limits": state.limiter.stats()}
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root() -> dict[str, str]:
+        return {"name": "llmrun", "version": __version__}
+
+    app.add_middleware(
+        Guard,
+        bound_host=settings.host,
+        api_key=settings.api_key,
+        allowed_hosts=settings.allowed_hosts,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # Outside the guard, so that browsers' preflight requests (which carry no key) pass.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "x-api-key", "content-type", "anthropic-version", SESSION_HEADER],
+        )
+    return app

@@ -1,0 +1,148 @@
+"""Settings of `llmrun serve`: flags over `LLMRUN_API_KEY` over the `[server]` table of the config file.
+
+[server]
+host = "127.0.0.1"
+port = 8080
+tools = "emulate"                 # or "reject": requests with tools get a 400
+allow_tools = false               # let the tools use their own agent tools (shell, edits)
+max_concurrency = 8               # tool processes at once, all runners together
+max_per_runner = 4                # tool processes at once, per runner
+max_queue = 64                    # requests waiting for a slot; more get a 429
+queue_timeout = 60                # seconds a request may wait for a slot; then a 429
+sessions = "/path/sessions.sqlite3"
+allowed_hosts = ["llm.internal"]  # Host names accepted besides the bound address and localhost
+cors_origins = []                 # no CORS unless listed
+max_body_bytes = 10485760
+shutdown_timeout = 30             # on SIGTERM, in-flight runs get this long, then are cancelled
+
+[server.aliases]
+fast = "claude_code/haiku"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import config_path, load_file
+from ..errors import ConfigError
+
+ToolsMode = Literal["emulate", "reject"]
+
+DEFAULT_PORT = 8080
+API_KEY_ENV = "LLMRUN_API_KEY"
+
+
+def default_sessions_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "llmrun" / "sessions.sqlite3"
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_key: str | None = None
+    tools: ToolsMode = "emulate"
+    allow_tools: bool = False
+    max_concurrency: int = 8
+    max_per_runner: int = 4
+    max_queue: int = 64
+    queue_timeout: float = 60.0
+    sessions: Path = field(default_factory=default_sessions_path)
+    aliases: dict[str, str] = field(default_factory=dict)
+    allowed_hosts: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+    ready_cache_seconds: float = 10.0
+    """How long /health/ready answers from its last checks."""
+
+    def validate(self) -> ServerSettings:
+        if self.tools not in ("emulate", "reject"):
+            raise ConfigError(f"tools: expected 'emulate' or 'reject', got {self.tools!r}")
+        for name in ("max_concurrency", "max_per_runner"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.max_queue < 0:
+            raise ConfigError(f"max_queue: expected 0 or more, got {self.max_queue!r}")
+        if self.queue_timeout < 0 or self.shutdown_timeout < 0:
+            raise ConfigError("queue_timeout and shutdown_timeout must not be negative")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes: expected at least 1024, got {self.max_body_bytes!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: expected 0-65535, got {self.port!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            self.api_key = None
+        if not is_loopback(self.host) and self.api_key is None:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without an API key",
+                hint=f"pass --api-key KEY or set {API_KEY_ENV}; without a key, bind 127.0.0.1 only",
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# Keys of [server] and the type each must have.
+_KINDS: dict[str, tuple[type, ...]] = {
+    "host": (str,),
+    "port": (int,),
+    "tools": (str,),
+    "allow_tools": (bool,),
+    "max_concurrency": (int,),
+    "max_per_runner": (int,),
+    "max_queue": (int,),
+    "queue_timeout": (int, float),
+    "sessions": (str,),
+    "aliases": (dict,),
+    "allowed_hosts": (list,),
+    "cors_origins": (list,),
+    "max_body_bytes": (int,),
+    "shutdown_timeout": (int, float),
+    "ready_cache_seconds": (int, float),
+}
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    # bool is an int in Python; a `port = true` must still be refused.
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def load_settings(overrides: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> ServerSettings:
+    """File, then environment, then the given overrides (flags; None values are skipped)."""
+    path = config_path()
+    table = (load_file(path) if data is None else data).get("server", {})
+    settings = ServerSettings()
+    for key, value in table.items():
+        where = f"{path}: [server] {key}"
+        if key == "api_key":
+            raise ConfigError(f"{where}: keep the key out of the config file; use --api-key or {API_KEY_ENV}")
+        if key not in _KINDS:
+            raise ConfigError(f"{where}: unknown key; expected one of {', '.join(sorted(_KINDS))}")
+        if not _is_kind(value, _KINDS[key]):
+            raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in _KINDS[key])}, got {value!r}")
+        if key == "aliases" and not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f'{where}: expected a table of strings, e.g. fast = "claude_code/haiku"')
+        if key in ("allowed_hosts", "cors_origins") and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        setattr(settings, key, Path(value).expanduser() if key == "sessions" else value)
+    if key_from_env := os.environ.get(API_KEY_ENV):
+        settings.api_key = key_from_env
+    names = {f.name for f in fields(ServerSettings)}
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ConfigError(f"unknown server setting {key!r}")
+        if value is not None:
+            setattr(settings, key, Path(value) if key == "sessions" else value)
+    return settings.validate()
