@@ -9,7 +9,8 @@ install:
 
 # The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
 install-clis:
-	npm install -g --no-audit --no-fund @anthropic-ai/claude-code @openai/codex @google/gemini-cli @qwen-code/qwen-code
+	npm install -g --no-audit --no-fund @anthropic-ai/claude-code @openai/codex @google/gemini-cli @qwen-code/qwen-code @github/copilot opencode-ai
+	$(PYTHON) -m pip install llm llm-echo llm-markov
 
 test:
 	$(PYTHON) -m pytest -q

@@ -45,6 +45,10 @@ class RunnerSettings:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# Keys that a [runners.NAME] table of a name that is not built in may hold besides those of
+# RunnerSettings: with a `command` they define a runner (checked in llmrun.runners.configured).
+DEFINITION_KEYS = ("command", "output", "jsonl", "models", "version_command", "display_name", "install_hint")
+
 # Top-level keys of the file and what each must be.
 TOP_LEVEL_KEYS = {
     "runner": "a runner name (string)",
@@ -96,8 +100,16 @@ def check_runner_tables(data: dict[str, Any], path: Path, known: list[str], alia
             proper = aliases.get(name)
             raise ConfigError(
                 f"{path}: [runners.{name}]: unknown runner {name!r}; expected one of {', '.join(known)}",
-                hint=f"name the table [runners.{proper}]" if proper else "`llmrun runners` lists the runners",
+                hint=f"name the table [runners.{proper}]"
+                if proper
+                else "`llmrun runners` lists the runners; a table with a `command` defines a runner of your own",
             )
+
+
+def defined_runner_tables(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The [runners.NAME] tables that define a runner of their own: those with a `command`."""
+    tables: dict[str, Any] = data.get("runners", {})
+    return {name: table for name, table in tables.items() if isinstance(table, dict) and "command" in table}
 
 
 def runner_settings(name: str, data: dict[str, Any] | None = None) -> RunnerSettings:
@@ -109,6 +121,10 @@ def runner_settings(name: str, data: dict[str, Any] | None = None) -> RunnerSett
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = set(RunnerSettings.__dataclass_fields__)
+    if not _is_builtin(name):
+        known |= set(DEFINITION_KEYS)
+    elif "command" in table:
+        raise ConfigError(f"{where} command: {name} is a built-in runner; a runner of your own needs another name")
     if unknown := sorted(set(table) - known):
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
     settings = RunnerSettings()
@@ -143,6 +159,12 @@ ENV_OVERRIDES = {"binary": "BIN", "default_model": "MODEL", "timeout": "TIMEOUT"
 def env_var(runner: str, key: str) -> str:
     """The variable that overrides one setting of a runner, e.g. LLMRUN_CLAUDE_CODE_BIN."""
     return f"LLMRUN_{runner.upper()}_{ENV_OVERRIDES[key]}"
+
+
+def _is_builtin(name: str) -> bool:
+    from .registry import BUILTIN  # at call time: the registry is the one list of built-in runners
+
+    return name in BUILTIN
 
 
 def _expect(value: Any, kind: type, where: str, what: str) -> Any:

@@ -88,6 +88,31 @@ class Limits:
     """How long a tool may linger after its output is complete before it is killed."""
 
 
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Knows the exit code the moment the child exits.
+
+    `Process.wait()` on Python 3.11 resolves only once stdout and stderr have closed too,
+    which a grandchild can keep open for ever; `process_exited` comes straight from the
+    child watcher.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=READ_SIZE, loop=loop)
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._subprocess: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            self._subprocess = transport
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        code = self._subprocess.get_returncode() if self._subprocess is not None else None
+        if not self.exited.done():
+            self.exited.set_result(code if code is not None else -signal.SIGKILL)
+
+
 @dataclass
 class CommandResult:
     returncode: int
@@ -134,7 +159,9 @@ class Child:
 
     async def _start_pipes(self) -> None:
         inv = self.invocation
-        proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitAwareProtocol(loop),
             *inv.argv,
             stdin=asyncio.subprocess.PIPE if inv.stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -143,8 +170,9 @@ class Child:
             env=inv.child_env(),
             start_new_session=True,
         )
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._proc, self.pid = proc, proc.pid
-        self._exited = asyncio.ensure_future(proc.wait())
+        self._exited = protocol.exited
         self._tasks.append(asyncio.ensure_future(self._drain_stderr()))
         if inv.stdin is not None:
             self._tasks.append(asyncio.ensure_future(self._feed_stdin(inv.stdin)))
@@ -297,9 +325,19 @@ class Child:
             yield tail
 
     async def text(self) -> AsyncGenerator[str, None]:
-        """stdout as text pieces as soon as they arrive, for tools that stream plain text."""
+        """stdout as text pieces as soon as they arrive, for tools that stream plain text.
+
+        The line cap holds here too: more than `max_line_bytes` without a newline (a
+        spinner redrawn for ever, say) ends the run instead of growing without bound.
+        """
+        cap = self.limits.max_line_bytes
+        since_newline = 0
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         async for data in self.chunks():
+            newline = data.rfind(b"\n")
+            since_newline = len(data) - newline - 1 if newline >= 0 else since_newline + len(data)
+            if since_newline > cap:
+                raise OutputTooLarge(f"a line of output exceeded {cap} bytes")
             if piece := decoder.decode(data):
                 yield strip_ansi(piece) if self._pty is not None else piece
         if piece := decoder.decode(b"", final=True):

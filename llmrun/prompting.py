@@ -2,7 +2,8 @@
 
 Runners use the tool's own session mechanism when a request names a session; otherwise a
 multi-turn history goes through `flatten_conversation`, the one place that decides how
-earlier turns are presented, so every tool sees history the same way.
+earlier turns are presented, so every tool sees history the same way. A tool with no
+place for a system prompt gets it through `with_system_prompt`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def flatten_conversation(messages: list[Message]) -> str:
     lines.append("")
     lines.append(new_input)
     return "\n".join(lines)
+
+
+def with_system_prompt(prompt: str, system: str | None) -> str:
+    """The prompt with the system prompt in front, for tools that have no place for one.
+
+    The model then sees it inside the user's turn, marked as the instructions to follow.
+    """
+    if not system:
+        return prompt
+    return f"<system_instructions>\n{system}\n</system_instructions>\n\n{prompt}"
 
 
 def new_turns(messages: list[Message]) -> list[Message]:

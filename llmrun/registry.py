@@ -22,6 +22,11 @@ BUILTIN: dict[str, str] = {
     "codex": "llmrun.runners.codex:CodexRunner",
     "gemini": "llmrun.runners.gemini:GeminiRunner",
     "qwen": "llmrun.runners.qwen:QwenRunner",
+    "copilot": "llmrun.runners.copilot:CopilotRunner",
+    "opencode": "llmrun.runners.opencode:OpencodeRunner",
+    "llm": "llmrun.runners.llm:LlmRunner",
+    "ollama": "llmrun.runners.ollama:OllamaRunner",
+    "cursor_agent": "llmrun.runners.cursor_agent:CursorAgentRunner",
 }
 
 ALIASES: dict[str, str] = {
@@ -33,6 +38,16 @@ ALIASES: dict[str, str] = {
     "gemini_cli": "gemini",
     "qwen_code": "qwen",
     "qwen-code": "qwen",
+    "github-copilot": "copilot",
+    "github_copilot": "copilot",
+    "copilot-cli": "copilot",
+    "opencode-ai": "opencode",
+    "open-code": "opencode",
+    "open_code": "opencode",
+    "llm-cli": "llm",
+    "llm_cli": "llm",
+    "cursor-agent": "cursor_agent",
+    "cursor": "cursor_agent",
 }
 
 
@@ -42,14 +57,33 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _configured() -> dict[str, type[Runner]]:
+    """Runners defined in the config file: its [runners.NAME] tables that have a `command`."""
+    from .config import config_path, defined_runner_tables, load_file
+
+    path = config_path()
+    data = load_file(path)
+    if not defined_runner_tables(data):
+        return {}  # nothing defined there: the machinery stays unloaded
+    from .runners.configured import runner_classes
+
+    taken = {**{name: name for name in (*BUILTIN, *_entry_points())}, **ALIASES}
+    return runner_classes(data, path, taken)
+
+
 def canonical_name(name: str) -> str:
     key = name.strip().lower()
-    return ALIASES.get(key, key.replace("-", "_") if key.replace("-", "_") in BUILTIN else key)
+    snake = key.replace("-", "_")
+    if key in ALIASES or snake in BUILTIN:
+        return ALIASES.get(key, snake)
+    # Only for a name that is not built in is the config file read: "-" finds "_" there too.
+    return snake if snake != key and snake in _configured() else key
 
 
 def runner_names() -> list[str]:
-    """Every known runner: built in first, then those that plugins provide."""
-    return list(BUILTIN) + sorted(n for n in _entry_points() if n not in BUILTIN)
+    """Every known runner: built in first, then those that plugins provide, then the config file's."""
+    names = list(BUILTIN) + sorted(n for n in _entry_points() if n not in BUILTIN)
+    return names + [n for n in _configured() if n not in names]
 
 
 def get_runner_class(name: str) -> type[Runner]:
@@ -62,6 +96,9 @@ def get_runner_class(name: str) -> type[Runner]:
     if key in plugins:
         loaded: type[Runner] = plugins[key].load()
         return loaded
+    configured = _configured()
+    if key in configured:
+        return configured[key]
     known = ", ".join(runner_names())
     raise RunnerNotFound(f"unknown runner {name!r}; known runners: {known}", hint="see `llmrun runners`")
 

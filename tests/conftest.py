@@ -23,6 +23,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("LLMRUN_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # `chat --continue` remembers sessions there
 
 
 @dataclass
@@ -36,6 +37,8 @@ class FakeTool:
     multibyte_text: str = ""
     error_scenarios: dict[str, str] = field(default_factory=dict)
     """Transcript → name of the error class the runner must raise for it."""
+    config: str = ""
+    """A config file to run with (TOML): for a runner defined there, which is known only through it."""
 
     @property
     def binary(self) -> Path:
@@ -47,6 +50,33 @@ class FakeTool:
 
         return get_runner_class(self.runner).binary
 
+
+# A runner defined in the config file (llmrun/runners/configured.py), driving fixtures/bin/jsonl-cli.
+JSONL_CLI_CONFIG = """\
+[runners.jsonl_cli]
+command = ["jsonl-cli", "--model", "{model}", "--system", "{system}", "--format", "jsonl"]
+output = "jsonl"
+models = ["mock-small", "mock-large"]
+default_model = "mock-large"
+version_command = ["jsonl-cli", "--version"]
+display_name = "JSONL CLI"
+install_hint = "pip install jsonl-cli"
+
+[runners.jsonl_cli.jsonl]
+delta = { path = "text", type = "delta" }
+text = { path = "text", type = "end" }
+thinking = { path = "text", type = "thinking" }
+session_id = { path = "session", type = "start" }
+model = { path = "model", type = "start" }
+cost_usd = { path = "cost", type = "end" }
+error = { path = "error.message", type = "error" }
+done = { type = "end" }
+
+[runners.jsonl_cli.jsonl.usage]
+input_tokens = "usage.input"
+output_tokens = "usage.output"
+cache_read_tokens = "usage.cached"
+"""
 
 FAKE_TOOLS = [
     FakeTool(
@@ -117,6 +147,88 @@ FAKE_TOOLS = [
             "llmrun-resume-missing": "SessionNotFound",
         },
     ),
+    FakeTool(
+        runner="ollama",
+        ok_scenario="run-answer",
+        ok_text="Hello from mock.\n\nHow can I help?",
+        multibyte_scenario="run-multibyte",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "run-no-server": "ServiceUnavailable",
+            "run-500": "ServiceUnavailable",
+            "run-not-pulled-offline": "ModelNotFound",
+            "run-not-in-registry": "ModelNotFound",
+            "run-404": "ModelNotFound",
+            "run-429": "RateLimitError",
+            "run-401": "AuthenticationError",
+            "run-cloud-signin": "AuthenticationError",
+            "run-context": "ContextLengthExceeded",
+            "run-think-unsupported": "UnsupportedFeature",
+        },
+    ),
+    FakeTool(
+        runner="cursor_agent",
+        ok_scenario="stream-json-partial",
+        ok_text="Hello from mock",
+        multibyte_scenario="stream-json-multibyte",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "noauth": "AuthenticationError",
+            "result-error": "AuthenticationError",
+            "usage-limit": "RateLimitError",
+            "model-unavailable": "ModelNotFound",
+            "resume-missing": "SessionNotFound",
+            "network-error": "ServiceUnavailable",
+        },
+    ),
+    FakeTool(
+        runner="copilot",
+        ok_scenario="llmrun-text",
+        ok_text="Hello from mock",
+        multibyte_scenario="llmrun-multibyte",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "llmrun-401": "AuthenticationError",
+            "mock-401-json": "AuthenticationError",
+            "llmrun-noauth": "AuthenticationError",
+            "noauth-p-json": "AuthenticationError",
+            "offline-without-provider": "AuthenticationError",
+            "fake-gh-token-offline-net": "AuthenticationError",
+            "llmrun-429-partial": "RateLimitError",
+            "llmrun-500": "ServiceUnavailable",
+            "mock-500-json": "ServiceUnavailable",
+            "llmrun-resume-missing": "SessionNotFound",
+        },
+    ),
+    FakeTool(
+        runner="opencode",
+        ok_scenario="llmrun-thinking",
+        ok_text="Hello from mock",
+        multibyte_scenario="llmrun-multibyte",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "llmrun-401": "AuthenticationError",
+            "mock-401-json": "AuthenticationError",
+            "mock-429-json": "RateLimitError",
+            "llmrun-model-not-found": "ModelNotFound",
+            "llmrun-resume-missing": "SessionNotFound",
+        },
+    ),
+    FakeTool(
+        runner="jsonl_cli",
+        ok_scenario="stream",
+        ok_text="Hello from mock",
+        multibyte_scenario="multibyte",
+        multibyte_text="Héllo wörld 日本語 🙂",
+        error_scenarios={
+            "error-401": "AuthenticationError",
+            "error-429": "RateLimitError",
+            "error-503": "ServiceUnavailable",
+            "error-model": "ModelNotFound",
+            "error-context": "ContextLengthExceeded",
+        },
+        config=JSONL_CLI_CONFIG,
+    ),
 ]
 
 
@@ -127,6 +239,10 @@ class FakeRun:
         self.tool = tool
         self.monkeypatch = monkeypatch
         self.record = record
+        if tool.config:
+            config = record.parent / "llmrun-config.toml"
+            config.write_text(tool.config)
+            monkeypatch.setenv("LLMRUN_CONFIG", str(config))
         monkeypatch.setenv(f"LLMRUN_{tool.runner.upper()}_BIN", str(tool.binary))
         monkeypatch.setenv("LLMRUN_FAKE_RECORD", str(record))
         self.scenario(tool.ok_scenario)

@@ -161,6 +161,105 @@ def qwen_env(tmp_path: str | os.PathLike[str], base_url: str, *, model: str = "m
     return env
 
 
+def llm_env(tmp_path: str | os.PathLike[str], base_url: str, *, model: str = "mock-model") -> dict[str, str]:
+    """Child environment for running the real `llm` in a throwaway user dir (LLM_USER_PATH).
+
+    The user dir's `extra-openai-models.yaml` names the mock OpenAI API at `base_url` (ending
+    in `/v1`, tests/mock_openai_chat.py: `api.base_url`) as the llm model `mock-chat`; llm
+    sends no key to a model with its own api_base. The plugins llm-echo and llm-markov need
+    nothing. No key is stored and no OPENAI_API_KEY is set, so llm's default model has none.
+    """
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    user_dir = Path(tmp_path) / "llm-user"
+    user_dir.mkdir(parents=True, exist_ok=True)
+    (user_dir / "extra-openai-models.yaml").write_text(
+        f'- model_id: mock-chat\n  model_name: {model}\n  api_base: "{base_url}"\n'
+    )
+    env["LLM_USER_PATH"] = str(user_dir)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def copilot_env(
+    tmp_path: str | os.PathLike[str],
+    base_url: str,
+    *,
+    model: str = "mock-model",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """Child environment for running the real `copilot` against the mock OpenAI API at `base_url`.
+
+    Copilot's offline BYOK mode: no GitHub login, no telemetry or update check, every model
+    call to COPILOT_PROVIDER_BASE_URL (`api.base_url`, ending in `/v1`) with a fake key.
+    `cache_dir` (XDG_CACHE_HOME) may be shared between tests: copilot unpacks 235 MB of its
+    own package there on first use, which takes seconds.
+    """
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    if cache_dir is not None:
+        env["XDG_CACHE_HOME"] = str(cache_dir)
+    env["COPILOT_OFFLINE"] = "true"
+    env["COPILOT_PROVIDER_BASE_URL"] = base_url
+    env["COPILOT_PROVIDER_API_KEY"] = "sk-test"
+    env["COPILOT_MODEL"] = model
+    env["COPILOT_AUTO_UPDATE"] = "false"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+OPENCODE_ENV: dict[str, str] = {
+    "OPENCODE_DISABLE_AUTOUPDATE": "1",
+    "OPENCODE_DISABLE_SHARE": "1",
+    "OPENCODE_DISABLE_MODELS_FETCH": "1",
+    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+    "OPENCODE_DISABLE_EXTERNAL_SKILLS": "1",
+    "OPENCODE_DISABLE_CLAUDE_CODE": "1",
+    "OPENCODE_DISABLE_LSP_DOWNLOAD": "true",
+}
+
+
+def opencode_provider(base_url: str, models: tuple[str, ...] = ("mock-model", "mock-model-large")) -> dict[str, object]:
+    """OpenCode configuration naming the mock OpenAI API at `base_url` as provider `mock`."""
+    return {
+        "provider": {
+            "mock": {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": "Mock",
+                "options": {"baseURL": base_url, "apiKey": "sk-test"},
+                "models": {model: {"name": model} for model in models},
+            }
+        },
+        "model": f"mock/{models[0]}",
+        "small_model": f"mock/{models[0]}",
+        "autoupdate": False,
+        "share": "disabled",
+    }
+
+
+def opencode_env(tmp_path: str | os.PathLike[str], base_url: str | None) -> dict[str, str]:
+    """Child environment for running the real `opencode` against the mock OpenAI API at `base_url`.
+
+    The mock is a provider in OPENCODE_CONFIG_CONTENT (no file is written; the runner merges
+    its own settings over it). `base_url=None` configures no provider at all, so opencode
+    falls back to its hosted default model, which it cannot reach from the namespace.
+    Plugins, model list downloads, sharing, updates and the Claude Code compatibility
+    layer are off.
+    """
+    import json
+
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    env.update(OPENCODE_ENV)
+    if base_url is not None:
+        env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_provider(base_url))
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def require_binary(name: str) -> str:
     """Path of the installed CLI `name`, or skip the test with the install hint."""
     path = shutil.which(name)

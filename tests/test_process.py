@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,21 @@ def test_survivors_are_killed_at_interpreter_exit() -> None:
     done = subprocess.run([PY, "-c", program], capture_output=True, text=True, timeout=30)
     pid = int(done.stdout.strip())
     assert still_alive([pid], within=2) == []
+
+
+async def test_exit_is_seen_while_a_grandchild_holds_stdout() -> None:
+    # No end marker to parse in plain text: only the tool's own exit can end the reading.
+    parent = script(
+        """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits stdout
+        print("answer", flush=True)
+        """
+    )
+
+    async def run() -> tuple[str, int]:
+        async with spawn(Invocation(parent), Limits(stall_timeout=60)) as child:
+            text = "".join([piece async for piece in child.text()])
+            return text, await child.wait()
+
+    assert await asyncio.wait_for(run(), timeout=15) == ("answer\n", 0)

@@ -152,7 +152,9 @@ def test_disconnect_mid_stream_kills_the_process_group(
     with LiveServer(settings(tmp_path)) as live:
         body = {**CHAT, "stream": True}
         with httpx.stream("POST", f"{live.url}/v1/chat/completions", json=body, timeout=30) as response:
-            for line in response.iter_lines():
+            # Keep a reference: an abandoned line iterator is closed at once, and with it the connection.
+            lines = response.iter_lines()
+            for line in lines:
                 if '"content": "Hello "' in line:
                     break
             pids = claude.pids()

@@ -48,12 +48,15 @@ class Parser:
     chunks it completes; it must skip what it does not understand rather than raise. A
     failure the tool reports in its output is kept in `error` (raised once the process has
     ended, so it carries the exit code and stderr). `finished` is set when the tool's
-    output is complete, so a process that lingers afterwards can be stopped.
+    output is complete, so a process that lingers afterwards can be stopped. `stderr`
+    holds the tail of the tool's stderr once the process has ended, before `close()`,
+    for tools that print usage or statistics there.
     """
 
     def __init__(self) -> None:
         self.error: RunnerError | None = None
         self.finished = False
+        self.stderr = ""
 
     def feed(self, line: str) -> list[ChatChunk]:
         raise NotImplementedError
@@ -140,6 +143,11 @@ class CliRunner(Runner):
     min_version: ClassVar[str | None] = None
     env_remove: ClassVar[tuple[str, ...]] = ()
     default_stall_timeout: ClassVar[float] = 300.0
+    extra_args_at: ClassVar[int] = 1
+    """Where the settings' extra_args go in argv: after the subcommand, for tools run with one."""
+    needs_finished_output: ClassVar[bool | None] = None
+    """Whether a clean exit without output the parser marked finished is a failure; None means
+    only for JSON lines (a plain-text tool may print no end marker to check)."""
 
     def __init__(
         self,
@@ -247,7 +255,7 @@ class CliRunner(Runner):
         self.check_request(request)
         invocation = self.build_invocation(request, self.resolve_binary())
         if self.extra_args:
-            invocation.argv[1:1] = self.extra_args
+            invocation.argv[self.extra_args_at : self.extra_args_at] = self.extra_args
         invocation.env = {**self.env, **invocation.env}
         parser = self.new_parser(request)
         held: list[ChatChunk] = []  # final chunks wait until the exit status is known
@@ -265,6 +273,7 @@ class CliRunner(Runner):
                             break
                 finished_before_exit = parser.finished
                 returncode = await child.wait()
+                parser.stderr = child.stderr_tail()
                 for chunk in parser.close():
                     if chunk.is_final:
                         held.append(chunk)
@@ -288,7 +297,8 @@ class CliRunner(Runner):
         if returncode != 0 and not (finished_before_exit and returncode < 0):
             # A negative code after complete output means llmrun stopped a lingering tool.
             return self.error_for_exit(returncode, stderr)
-        if not parser.finished and self.framing == "lines":
+        must_finish = self.needs_finished_output if self.needs_finished_output is not None else self.framing == "lines"
+        if not parser.finished and must_finish:
             return OutputParseError(f"{self.display_name} ended without completing its answer")
         return None
 

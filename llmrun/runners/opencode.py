@@ -1,0 +1,486 @@
+"""OpenCode (`opencode`), in `opencode run --format json` mode.
+
+The prompt goes over stdin (with no message argument, `opencode run` takes piped stdin as
+the whole message; the pipe is closed after it, as opencode waits for its end). OpenCode
+prints whole parts, not token deltas: each text, reasoning (`--thinking`) and tool part
+arrives complete. There is no final result event: a run ends after the `step_finish`
+whose reason is not `tool-calls`; usage (cache and reasoning tokens included) and cost are
+summed over the run's steps. The model is named per request as `provider/model`
+(`--model`); without one, opencode's configured model applies. `--title=` spares the
+extra model call opencode otherwise makes to title a new session.
+
+Agent tools: opencode's permissions are set for the run through OPENCODE_CONFIG_CONTENT,
+the highest layer of opencode's configuration, merged over the user's files and over any
+OPENCODE_CONFIG_CONTENT of their own; no file is written. Unless the request allows
+tools, the run uses an agent of llmrun's own (`llmrun`, opencode's default prompt) whose
+rules deny everything but reading in the working directory (read, glob, grep, list,
+skill, todo). An agent of its own is needed because an agent's rules come after the
+global ones: a user's `agent.build.permission.bash = "allow"` would win over a global
+deny. With `allow_tools`, opencode's configured agent and permissions apply unchanged.
+
+The system prompt replaces opencode's own (the agent's `prompt`, read from a private
+temporary file). Sessions: `request.session_id` is passed as `--session=<id>` and only
+the new turns are sent; otherwise history is flattened into the prompt.
+
+Failures: an API error that opencode gives up on arrives as an `error` event, typed by
+its HTTP status. OpenCode retries 429 and 5xx answers, and an unreachable server, with
+growing back-off and no end; it says nothing on stdout meanwhile. With no provider
+configured it uses its free hosted model, which offline it retries for ever. llmrun's
+stall and hard timeouts end such a run; the RunnerTimeout then quotes the last error
+opencode logged (`--print-logs --log-level=WARN` puts its errors on stderr) and says what
+to configure. An `UnknownError` is typed from the log line of its reference (a model
+that does not exist, say).
+
+Health: `opencode --version`, and `opencode auth list` for stored credentials and the
+provider keys it sees in the environment; `available_models()` asks `opencode models`.
+
+Options (`ChatRequest.options`): `agent` (an opencode agent to run; without
+`allow_tools` llmrun's read-only rules are merged into it), `variant` (provider-specific
+reasoning effort), and `extra_args` (a list appended to the command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from .. import process
+from ..errors import (
+    AuthenticationError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    ProcessFailed,
+    RateLimitError,
+    RunnerError,
+    RunnerTimeout,
+    ServiceUnavailable,
+    SessionNotFound,
+    UnsupportedFeature,
+)
+from ..process import strip_ansi
+from ..prompting import flatten_conversation, new_turns
+from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
+from .base import CliRunner, Parser, _last_line
+
+LOGIN_HINT = (
+    "configure a provider: `opencode auth login`, a provider in opencode.json, or one in OPENCODE_CONFIG_CONTENT; "
+    "then name its model as provider/model"
+)
+AGENT = "llmrun"
+# The rules of llmrun's agent without allow_tools: the last matching rule wins, so the
+# catch-all deny comes first and the read-only tools are allowed after it.
+READ_ONLY_PERMISSION: dict[str, str] = {
+    "*": "deny",
+    "read": "allow",
+    "glob": "allow",
+    "grep": "allow",
+    "list": "allow",
+    "skill": "allow",
+    "todowrite": "allow",
+    "todoread": "allow",
+    # Named as well, so that a rule of the user's for the same key cannot come after the deny.
+    "bash": "deny",
+    "edit": "deny",
+    "task": "deny",
+    "webfetch": "deny",
+    "websearch": "deny",
+    "codesearch": "deny",
+    "external_directory": "deny",
+}
+FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content-filter": "content_filter",
+    "error": "error",
+}
+
+_CONTEXT = re.compile(r"context (length|window)|too many tokens|prompt is too long|ContextOverflow", re.I)
+_MODEL = re.compile(r"ModelNotFound|model\b.*\b(not found|does not exist|not supported)", re.I)
+_AUTH = re.compile(r"ProviderAuthError|api key|unauthori[sz]ed|authentication", re.I)
+_RATE = re.compile(r"rate limit|too many requests|quota", re.I)
+_UNAVAILABLE = re.compile(r"cannot connect|unable to connect|ECONNREFUSED|server had an error|overloaded", re.I)
+_STREAM_ERROR = re.compile(r'message="stream error".*?providerID=(\S+) modelID=(\S+).*?error\.error="(.*)"\s*$')
+
+
+def classify(message: str, status: int | None = None, name: str = "") -> RunnerError:
+    """The typed error for what opencode reported, the HTTP status (when known) deciding first."""
+    text = message.strip() or name or "opencode reported an error"
+    if status in (401, 403) or name == "ProviderAuthError":
+        return AuthenticationError(text, hint=LOGIN_HINT)
+    if status == 429:
+        return RateLimitError(text)
+    if status is not None and status >= 500:
+        return ServiceUnavailable(text)
+    if name == "ContextOverflowError" or _CONTEXT.search(text):
+        return ContextLengthExceeded(text)
+    if status == 404 or _MODEL.search(f"{name} {text}"):
+        return ModelNotFound(text, hint="`opencode models` lists the models opencode knows, as provider/model")
+    if status is None and _RATE.search(text):
+        return RateLimitError(text)
+    if status is None and _AUTH.search(f"{name} {text}"):
+        return AuthenticationError(text, hint=LOGIN_HINT)
+    if status is None and _UNAVAILABLE.search(text):
+        return ServiceUnavailable(text)
+    return RunnerError(text)
+
+
+def logged_failure(stderr: str, ref: str) -> str | None:
+    """The error opencode logged under the reference that an `UnknownError` event gives."""
+    for line in reversed(strip_ansi(stderr).splitlines()):
+        if f"ref={ref}" in line and (match := re.search(r'\berror="([^"]*)"', line)):
+            return match.group(1)
+    return None
+
+
+def last_stream_error(stderr: str) -> tuple[str, str, str] | None:
+    """(provider, model, error) of the last model call opencode logged as failed."""
+    for line in reversed(strip_ansi(stderr).splitlines()):
+        if match := _STREAM_ERROR.search(line):
+            return match.group(1), match.group(2), match.group(3)
+    return None
+
+
+# --- the event stream --------------------------------------------------------------------
+
+
+class OpencodeParser(Parser):
+    """Parses one run of `opencode run --format json` (step_start, text, reasoning, tool_use, step_finish, error)."""
+
+    def __init__(self, *, model: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.session_id: str | None = None
+        self._sent_text = False
+        self._sent_thinking = False
+        self._tokens: dict[str, int] = {}
+        self._cost: float | None = None
+
+    def feed(self, line: str) -> list[ChatChunk]:
+        if not line.startswith("{"):
+            return []
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return []
+        if not isinstance(event, dict):
+            return []
+        if isinstance(event.get("sessionID"), str):
+            self.session_id = event["sessionID"]
+        part = _dict(event.get("part"))
+        kind = event.get("type")
+        if kind == "text":
+            return self._text(part.get("text"))
+        if kind == "reasoning":
+            return self._thinking(part.get("text"))
+        if kind == "tool_use":
+            return self._tool(part)
+        if kind == "step_finish":
+            return self._step_finish(part)
+        if kind == "error":
+            self._error(event.get("error"))
+        return []  # step_start and event types of later opencode versions
+
+    # --- events --------------------------------------------------------------------------
+
+    def _text(self, text: Any) -> list[ChatChunk]:
+        if not isinstance(text, str) or not text:
+            return []
+        # Each text part is a whole message; a later one (after a tool ran) is a new paragraph.
+        prefix = "\n\n" if self._sent_text else ""
+        self._sent_text = True
+        return [ChatChunk(delta=prefix + text)]
+
+    def _thinking(self, text: Any) -> list[ChatChunk]:
+        if not isinstance(text, str) or not text:
+            return []
+        prefix = "\n\n" if self._sent_thinking else ""
+        self._sent_thinking = True
+        return [ChatChunk(thinking=prefix + text)]
+
+    def _tool(self, part: dict[str, Any]) -> list[ChatChunk]:
+        state = _dict(part.get("state"))
+        call_id = part.get("callID") if isinstance(part.get("callID"), str) else None
+        name, tool_input = part.get("tool"), state.get("input")
+        if name == "invalid" and isinstance(tool_input, dict):
+            # A tool the run does not offer (denied, or made up by the model).
+            name, tool_input = tool_input.get("tool"), None
+        failed = state.get("status") == "error" or part.get("tool") == "invalid"
+        output = state.get("error") if state.get("status") == "error" else state.get("output")
+        use = AgentEvent(kind="tool_use", id=call_id, name=name if isinstance(name, str) else None, input=tool_input)
+        if failed and isinstance(output, str) and re.search(r"permission|denied|rejected", output, re.I):
+            done = AgentEvent(kind="permission_denied", id=call_id, name=use.name, message=output, is_error=True)
+        else:
+            done = AgentEvent(kind="tool_result", id=call_id, name=use.name, output=output, is_error=failed)
+        return [ChatChunk(agent_event=use), ChatChunk(agent_event=done)]
+
+    def _step_finish(self, part: dict[str, Any]) -> list[ChatChunk]:
+        self._add_tokens(part.get("tokens"))
+        cost = part.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            self._cost = (self._cost or 0.0) + float(cost)
+        reason = str(part.get("reason") or "")
+        if reason == "tool-calls":
+            return []  # the next step answers with the tools' results
+        self.finished = True
+        if self.error is not None:
+            return []
+        return [
+            ChatChunk(
+                finish_reason=FINISH_REASONS.get(reason, "stop"),
+                usage=self.usage(),
+                session_id=self.session_id,
+                model=self.model,
+                cost_usd=self._cost,
+            )
+        ]
+
+    def _error(self, error: Any) -> None:
+        error = _dict(error)
+        data = _dict(error.get("data"))
+        status = data.get("statusCode") if isinstance(data.get("statusCode"), int) else None
+        name = str(error.get("name") or "")
+        message = str(data.get("message") or "")
+        if isinstance(data.get("ref"), str):
+            message += f" (ref {data['ref']})"  # the log line with this reference says more
+        if self.error is None:
+            self.error = classify(message, status, name)
+        self.finished = True
+
+    def _add_tokens(self, tokens: Any) -> None:
+        if not isinstance(tokens, dict):
+            return
+        cache = _dict(tokens.get("cache"))
+        for key, value in (*tokens.items(), *(("cache_" + k, v) for k, v in cache.items())):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tokens[key] = self._tokens.get(key, 0) + int(value)
+
+    def usage(self) -> Usage:
+        # OpenCode counts input without the cached tokens, and reports those apart.
+        tokens = self._tokens
+        return Usage(
+            input_tokens=tokens.get("input", 0),
+            output_tokens=tokens.get("output", 0),
+            cache_read_tokens=tokens.get("cache_read", 0),
+            cache_write_tokens=tokens.get("cache_write", 0),
+            reasoning_tokens=tokens.get("reasoning", 0),
+            total_tokens=tokens.get("total", 0),
+        )
+
+
+# --- the runner ---------------------------------------------------------------------------
+
+
+class OpencodeRunner(CliRunner):
+    name = "opencode"
+    display_name = "OpenCode"
+    binary = "opencode"
+    aliases = ("opencode-ai", "open-code", "open_code")
+    install_hint = "npm install -g opencode-ai"
+    extra_args_at = 2  # after `run`
+    min_version = "1.0.0"
+    capabilities = Capabilities(
+        streaming=True,
+        token_streaming=False,
+        thinking=True,
+        agent_tools=True,
+        sessions=True,
+        system_prompt=True,
+        usage=True,
+        cost=True,
+        model_discovery=True,
+        prompt_via_stdin=True,
+    )
+    # No default model: opencode's configured one (`model` in its config) applies.
+
+    def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        if request.session_id:
+            prompt = flatten_conversation(new_turns(request.messages))
+        else:
+            prompt = flatten_conversation(request.messages)
+        # `--flag=value` throughout: a value starting with "-" must not read as a flag.
+        argv = [binary, "run", "--format=json", "--thinking", "--title=", "--print-logs", "--log-level=WARN"]
+        if model := self.model_for(request):
+            argv.append(f"--model={model}")
+        if request.session_id:
+            argv.append(f"--session={request.session_id}")
+        if variant := request.options.get("variant"):
+            argv.append(f"--variant={variant}")
+        agent = request.options.get("agent") or (None if request.allow_tools else AGENT)
+        env: dict[str, str] = {}
+        temp_files: list[str] = []
+        overrides: dict[str, Any] = {}
+        if system := request.system_prompt():
+            agent = agent or "build"  # the prompt belongs to an agent: opencode's default one
+            path = _write_temp(system)
+            temp_files.append(path)
+            overrides.setdefault("agent", {}).setdefault(agent, {})["prompt"] = "{file:" + path + "}"
+        if not request.allow_tools:
+            entry = overrides.setdefault("agent", {}).setdefault(str(agent), {})
+            entry["permission"] = dict(READ_ONLY_PERMISSION)
+            if agent == AGENT:
+                entry["mode"] = "primary"
+        if agent:
+            argv.append(f"--agent={agent}")
+        if overrides:
+            try:
+                env["OPENCODE_CONFIG_CONTENT"] = run_config({**os.environ, **self.env}, overrides)
+            except UnsupportedFeature as exc:
+                for path in temp_files:
+                    os.remove(path)
+                exc.runner = self.name
+                raise
+        argv += [str(arg) for arg in request.options.get("extra_args", [])]
+        return process.Invocation(
+            argv=argv,
+            stdin=prompt.encode(),
+            env=env,
+            # A one-shot run should not update the binary under the user.
+            env_defaults={"OPENCODE_DISABLE_AUTOUPDATE": "1"},
+            env_remove=self.env_remove,
+            cwd=request.cwd,
+            temp_files=temp_files,
+        )
+
+    def new_parser(self, request: ChatRequest) -> Parser:
+        return OpencodeParser(model=self.model_for(request))
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        try:
+            async with aclosing(super().stream(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except RunnerTimeout as exc:
+            raise self._explained_timeout(exc) from None
+        except RunnerError as exc:
+            better = self._retyped(exc)
+            if better is exc:
+                raise
+            raise better from None
+
+    def _explained_timeout(self, error: RunnerTimeout) -> RunnerTimeout:
+        """The timeout, with what opencode kept retrying and what to configure."""
+        failed = last_stream_error(error.stderr)
+        if failed is not None:
+            provider, model, reason = failed
+            error.message += f"; opencode was still retrying {provider}/{model} after: {reason}"
+            if provider == "opencode":
+                error.message += " (a hosted model of opencode's own, its fallback when no provider is configured)"
+        else:
+            error.message += (
+                "; opencode said nothing meanwhile (it prints a part only once it is complete, "
+                "and retries a model it cannot reach without a word)"
+            )
+        error.hint = error.hint or LOGIN_HINT
+        return error
+
+    def _retyped(self, error: RunnerError) -> RunnerError:
+        """An untyped `UnknownError`, typed from the log line of its reference."""
+        if type(error) is not RunnerError:
+            return error
+        match = re.search(r"\(ref (\S+)\)", error.message)
+        logged = logged_failure(error.stderr, match.group(1)) if match else None
+        if logged is None:
+            return error
+        typed = classify(logged)
+        if type(typed) is RunnerError:
+            typed = RunnerError(f"{error.message}: {logged}")
+        return typed.with_process(runner=self.name, exit_code=error.process_exit_code, stderr=error.stderr)
+
+    def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
+        text = strip_ansi(stderr)
+        last = _last_line(text)
+        if re.search(r"Error: Session not found", text):
+            return SessionNotFound(last)
+        if re.search(r"Unknown argument|Invalid values|Not enough arguments", text):
+            return ProcessFailed(
+                f"this opencode does not accept llmrun's flags: {last}", hint=f"upgrade with `{self.install_hint}`"
+            )
+        return super().error_for_exit(returncode, text)
+
+    async def check_auth(self, binary: str) -> tuple[bool | None, str]:
+        """Stored credentials and provider keys opencode sees; only a probe shows that they work."""
+        result = await process.run_command([binary, "auth", "list"], env=self.env, env_remove=self.env_remove)
+        text = strip_ansi(result.stdout + result.stderr)
+        stored = _count(r"(\d+)\s+credentials?", text)
+        from_env = _count(r"(\d+)\s+environment variables?", text)
+        unverified = "(configured, not verified: `llmrun health --probe` tries it)"
+        counts = ((stored, "stored credential(s)"), (from_env, "provider key(s) in the environment"))
+        found = [f"{n} {what}" for n, what in counts if n]
+        if found:
+            return True, f"{', '.join(found)} {unverified}"
+        inline = _inline_config({**os.environ, **self.env})
+        if isinstance(inline, dict) and inline.get("provider"):
+            return True, f"a provider in OPENCODE_CONFIG_CONTENT {unverified}"
+        return None, "no stored credentials or provider keys; opencode falls back to its hosted models"
+
+    def login_hint(self) -> str | None:
+        return LOGIN_HINT
+
+    async def discover_models(self, binary: str) -> list[str]:
+        result = await process.run_command([binary, "models"], env=self.env, env_remove=self.env_remove)
+        if result.returncode != 0:
+            return []
+        lines = (line.strip() for line in strip_ansi(result.stdout).splitlines())
+        return [line for line in lines if re.fullmatch(r"[\w.@-]+/\S+", line)]
+
+
+# --- configuration of a run ---------------------------------------------------------------
+
+
+def run_config(env: Mapping[str, str], overrides: dict[str, Any]) -> str:
+    """OPENCODE_CONFIG_CONTENT for a run: the user's own inline config with llmrun's settings over it."""
+    inline = _inline_config(env)
+    if inline is None:
+        raise UnsupportedFeature(
+            "OPENCODE_CONFIG_CONTENT is not a plain JSON object, so llmrun cannot add the run's settings to it",
+            hint="write it as plain JSON, or move it into opencode.json",
+        )
+    merged = _merge(inline, overrides)
+    for name, entry in overrides.get("agent", {}).items():
+        if "permission" in entry:
+            # Replaced, not merged: the order of the rules decides, and llmrun's come as given.
+            merged["agent"][name]["permission"] = entry["permission"]
+    return json.dumps(merged)
+
+
+def _inline_config(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The user's OPENCODE_CONFIG_CONTENT ({} when unset); None when it is not a JSON object."""
+    text = env.get("OPENCODE_CONFIG_CONTENT", "")
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(pattern: str, text: str) -> int:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else 0
+
+
+def _write_temp(text: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="llmrun-system-", suffix=".md")  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
