@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .types import Message, ToolCall
+from .types import ChatRequest, Message, ToolCall
 
 _ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool result"}
 
@@ -56,6 +56,11 @@ def with_system_prompt(prompt: str, system: str | None) -> str:
     if not system:
         return prompt
     return f"<system_instructions>\n{system}\n</system_instructions>\n\n{prompt}"
+
+
+def prompt_for(request: ChatRequest) -> str:
+    """The prompt of a request: the whole conversation, or only the new turns of a resumed session."""
+    return flatten_conversation(new_turns(request.messages) if request.session_id else request.messages)
 
 
 def new_turns(messages: list[Message]) -> list[Message]:

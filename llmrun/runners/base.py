@@ -10,6 +10,7 @@ and how the tool says it is logged in.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -64,6 +65,18 @@ class Parser:
     def close(self) -> list[ChatChunk]:
         """Called after the process ended; returns any last chunks."""
         return []
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """The JSON object on one line of a tool's output; None for anything else (debug noise,
+    truncated lines, arrays), which parsers skip."""
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 class Runner(ABC):

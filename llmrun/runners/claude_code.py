@@ -17,7 +17,7 @@ import tempfile
 
 from .. import process
 from ..errors import ProcessFailed, RunnerError, SessionNotFound
-from ..prompting import flatten_conversation, new_turns
+from ..prompting import prompt_for
 from ..types import Capabilities, ChatRequest
 from .base import CliRunner, Parser
 from .stream_json import StreamJsonParser
@@ -82,9 +82,7 @@ class ClaudeCodeRunner(CliRunner):
                 argv += ["--system-prompt-file", path]
         if request.session_id:
             argv += ["--resume", request.session_id]
-            prompt = flatten_conversation(new_turns(request.messages))
-        else:
-            prompt = flatten_conversation(request.messages)
+        prompt = prompt_for(request)
         if request.json_schema is not None:
             argv += ["--json-schema", json.dumps(request.json_schema)]
         for key, flag in OPTION_FLAGS.items():

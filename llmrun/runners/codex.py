@@ -75,9 +75,9 @@ from ..errors import (
     SessionNotFound,
     UnsupportedFeature,
 )
-from ..prompting import flatten_conversation, new_turns
+from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
-from .base import CliRunner, Parser
+from .base import CliRunner, Parser, json_object
 
 LOGIN_HINT = (
     "run `codex login`, or set CODEX_API_KEY (`printenv OPENAI_API_KEY | codex login --with-api-key` "
@@ -198,14 +198,9 @@ class CodexParser(Parser):
         self._last_error: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         kind = event.get("type")
         if kind == "thread.started":
             if isinstance(event.get("thread_id"), str):
@@ -454,10 +449,9 @@ class CodexRunner(CliRunner):
         argv += ["exec", *exec_args, *(str(a) for a in options.get("extra_args", []))]
         if request.session_id:
             argv += ["resume", request.session_id, "-"]
-            prompt = flatten_conversation(new_turns(request.messages))
         else:
             argv.append("-")
-            prompt = flatten_conversation(request.messages)
+        prompt = prompt_for(request)
         return process.Invocation(
             argv=argv,
             stdin=prompt.encode(),

@@ -66,9 +66,9 @@ from ..errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
-from ..prompting import flatten_conversation, new_turns
+from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, json_object
 
 LOGIN_HINT = (
     "run `copilot` and then `/login`, set COPILOT_GITHUB_TOKEN to a fine-grained token, or run `gh auth login`; "
@@ -190,14 +190,9 @@ class CopilotParser(Parser):
         self._failure: tuple[int | None, str] | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         kind = event.get("type")
         data = _dict(event.get("data"))
         if kind == "assistant.message_delta":
@@ -396,9 +391,7 @@ class CopilotRunner(CliRunner):
             argv.append(f"--agent={agent}")
         if request.session_id:
             argv.append(f"--resume={request.session_id}")
-            prompt = flatten_conversation(new_turns(request.messages))
-        else:
-            prompt = flatten_conversation(request.messages)
+        prompt = prompt_for(request)
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         env: dict[str, str] = {}
         temp_files: list[str] = []

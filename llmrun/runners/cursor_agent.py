@@ -39,7 +39,6 @@ list appended to the command).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Literal
@@ -56,7 +55,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns, with_system_prompt
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, json_object
 from .stream_json import StreamJsonParser
 
 LOGIN_HINT = "run `cursor-agent login`, or set CURSOR_API_KEY"
@@ -106,14 +105,9 @@ class CursorAgentParser(StreamJsonParser):
         self._thought_streamed = False
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         kind = event.get("type")
         if kind == "thinking":
             return self._thinking(event)

@@ -77,7 +77,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser
+from .base import CliRunner, Parser, json_object
 
 LOGIN_HINT = (
     "set GEMINI_API_KEY (or GOOGLE_GENAI_USE_VERTEXAI=true / GOOGLE_GENAI_USE_GCA=true), "
@@ -229,14 +229,9 @@ class GeminiParser(Parser):
         self._last_error: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         kind = event.get("type")
         if kind == "init":
             self.session_id = _str(event.get("session_id")) or self.session_id

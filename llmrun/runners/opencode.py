@@ -63,9 +63,9 @@ from ..errors import (
     UnsupportedFeature,
 )
 from ..process import strip_ansi
-from ..prompting import flatten_conversation, new_turns
+from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, json_object
 
 LOGIN_HINT = (
     "configure a provider: `opencode auth login`, a provider in opencode.json, or one in OPENCODE_CONFIG_CONTENT; "
@@ -161,14 +161,9 @@ class OpencodeParser(Parser):
         self._cost: float | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         if isinstance(event.get("sessionID"), str):
             self.session_id = event["sessionID"]
         part = _dict(event.get("part"))
@@ -298,10 +293,7 @@ class OpencodeRunner(CliRunner):
     # No default model: opencode's configured one (`model` in its config) applies.
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
-        if request.session_id:
-            prompt = flatten_conversation(new_turns(request.messages))
-        else:
-            prompt = flatten_conversation(request.messages)
+        prompt = prompt_for(request)
         # `--flag=value` throughout: a value starting with "-" must not read as a flag.
         argv = [binary, "run", "--format=json", "--thinking", "--title=", "--print-logs", "--log-level=WARN"]
         if model := self.model_for(request):

@@ -43,7 +43,7 @@ from ..errors import (
     SessionNotFound,
     UnsupportedFeature,
 )
-from ..prompting import flatten_conversation, new_turns
+from ..prompting import prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, _last_line
 from .stream_json import StreamJsonParser
@@ -245,10 +245,7 @@ class QwenRunner(CliRunner):
     # No default model: qwen's own configuration (settings or OPENAI_MODEL) chooses one.
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
-        if request.session_id:
-            prompt = flatten_conversation(new_turns(request.messages))
-        else:
-            prompt = flatten_conversation(request.messages)
+        prompt = prompt_for(request)
         if len(prompt.encode("utf-16-le")) // 2 > STDIN_LIMIT_UNITS:
             raise UnsupportedFeature(
                 "the prompt is longer than the 8 Mi characters qwen reads from stdin", runner=self.name

@@ -9,7 +9,6 @@ is used only when no delta for it came, so nothing is emitted twice.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -23,7 +22,7 @@ from ..errors import (
     SessionNotFound,
 )
 from ..types import AgentEvent, ChatChunk, FinishReason, Usage
-from .base import Parser
+from .base import Parser, json_object
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -54,14 +53,9 @@ class StreamJsonParser(Parser):
         self._last_text_message: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
-        if not line.startswith("{"):
-            return []  # debug noise some builds print on stdout
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = json_object(line)
+        if event is None:
+            return []  # noise on stdout, skipped
         kind = event.get("type")
         if kind == "stream_event":
             return self._stream_event(event)
