@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -217,6 +218,10 @@ class CliRunner(Runner):
         ]
         return models
 
+    def version_argv(self, binary: str) -> list[str] | None:
+        """The command that prints the tool's version (health runs it); None when there is none."""
+        return [binary, "--version"]
+
     async def check_auth(self, binary: str) -> tuple[bool | None, str]:
         """(logged in?, message). None when the tool has no cheap way to tell."""
         return None, ""
@@ -328,15 +333,21 @@ class CliRunner(Runner):
             binary = self.resolve_binary()
         except BinaryNotFound as exc:
             return report("not_installed", message=str(exc), hint=exc.hint)
-        try:
-            result = await process.run_command([binary, "--version"], env_remove=self.env_remove)
-        except RunnerError as exc:
-            return report("error", binary=binary, message=f"`{binary} --version` failed: {exc}")
-        version = parse_version(result.stdout) or parse_version(result.stderr)
-        if result.returncode != 0 or version is None:
-            detail = _last_line(result.stderr) or _last_line(result.stdout)
-            return report("error", binary=binary, message=f"`--version` exited with {result.returncode}: {detail}")
-        if self.min_version and version_tuple(version) < version_tuple(self.min_version):
+        version: str | None = None
+        if (argv := self.version_argv(binary)) is not None:
+            shown = shlex.join(argv)
+            try:
+                result = await process.run_command(argv, env=self.env, env_remove=self.env_remove)
+            except RunnerError as exc:
+                return report("error", binary=binary, message=f"`{shown}` failed: {exc}")
+            said = result.stdout.strip() or result.stderr.strip()
+            if result.returncode != 0 or not said:
+                detail = _last_line(result.stderr) or _last_line(result.stdout)
+                return report("error", binary=binary, message=f"`{shown}` exited with {result.returncode}: {detail}")
+            # A tool of the user's own may print its version in any form; keep what it said.
+            version = parse_version(said) or said.splitlines()[0][:80]
+        comparable = version is not None and version == parse_version(version)
+        if self.min_version and comparable and version_tuple(version or "") < version_tuple(self.min_version):
             return report(
                 "outdated",
                 binary=binary,

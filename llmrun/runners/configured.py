@@ -36,8 +36,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +55,8 @@ from ..errors import (
     UnsupportedFeature,
 )
 from ..prompting import flatten_conversation, with_system_prompt
-from ..types import Capabilities, ChatChunk, ChatRequest, HealthReport, Usage
-from .base import CliRunner, Parser, Runner, _last_line, parse_version
+from ..types import Capabilities, ChatChunk, ChatRequest, Usage
+from .base import CliRunner, Parser, Runner
 
 PLACEHOLDERS = ("model", "system", "prompt")
 # Linux refuses a single argument of 32 pages (MAX_ARG_STRLEN), its terminating NUL included.
@@ -509,43 +507,3 @@ class ConfiguredRunner(CliRunner):
         first = os.path.expanduser(version[0])
         return [binary if first == self.binary else first, *version[1:]]
 
-    async def health(self, probe: bool = False) -> HealthReport:
-        """Installed and answering its version command; there is no login to check."""
-        started = time.monotonic()
-
-        def report(status: Any, **fields: Any) -> HealthReport:
-            fields.setdefault("latency_ms", int((time.monotonic() - started) * 1000))
-            return HealthReport(runner=self.name, status=status, **fields)
-
-        try:
-            binary = self.resolve_binary()
-        except BinaryNotFound as exc:
-            return report("not_installed", message=str(exc), hint=exc.hint)
-        version: str | None = None
-        message = "no version_command configured"
-        if (argv := self.version_argv(binary)) is not None:
-            shown = shlex.join(self.definition.version_command or argv)  # as the user wrote it
-            try:
-                result = await process.run_command(argv, env=self.env)
-            except RunnerError as exc:
-                return report("error", binary=binary, message=f"`{shown}` failed: {exc}")
-            said = result.stdout.strip() or result.stderr.strip()
-            if result.returncode != 0:
-                detail = _last_line(result.stderr) or _last_line(result.stdout)
-                return report("error", binary=binary, message=f"`{shown}` exited with {result.returncode}: {detail}")
-            version = parse_version(said) or (said.splitlines()[0][:80] if said else None)
-            message = f"`{shown}` answered"
-        if not probe:
-            return report("ok", binary=binary, version=version, message=message)
-        probe_started = time.monotonic()
-        try:
-            await self.complete(ChatRequest.of("Reply with the single word: ok", timeout=120))
-        except AuthenticationError as exc:
-            return report("unauthenticated", binary=binary, version=version, authenticated=False, message=str(exc))
-        except RunnerError as exc:
-            failed = f"probe failed: {type(exc).__name__}: {exc}"
-            return report("error", binary=binary, version=version, message=failed)
-        latency = int((time.monotonic() - probe_started) * 1000)
-        return report(
-            "ok", binary=binary, version=version, authenticated=True, latency_ms=latency, message="probe answered"
-        )
