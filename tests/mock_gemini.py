@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import sys
-import threading
-import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mockserver import LoopbackMock, MockHandler
 
 __all__ = ["DEFAULT_TEXT", "SCENARIOS", "MockGemini"]
 
@@ -172,83 +169,13 @@ class _Answer:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    mock: MockGemini
+class _Handler(MockHandler["MockGemini"]):
+    json_type = "application/json; charset=UTF-8"
+    request_id_header = None
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients vanishing mid-request is normal here (killed CLIs, close()); real bugs still print.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.mock._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.mock._track(self.connection, add=False)
-
-    # --- plumbing -------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _record(self, body: bytes) -> tuple[str, dict[str, Any] | None]:
-        path, _, query = self.path.partition("?")
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
+    def _extra_fields(self, path: str) -> dict[str, Any]:
         match = _MODEL_CALL.match(path)
-        self.server.mock._record(
-            {
-                "method": self.command,
-                "path": path,
-                "query": query,
-                "model": match.group("model") if match else None,
-                "call": match.group("method") if match else None,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "json": parsed,
-            }
-        )
-        return path, parsed if isinstance(parsed, dict) else None
-
-    def _send_json(self, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+        return {"model": match.group("model") if match else None, "call": match.group("method") if match else None}
 
     # --- verbs ----------------------------------------------------------
 
@@ -261,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "displayName": name,
                     "supportedGenerationMethods": ["generateContent", "countTokens"],
                 }
-                for name in self.server.mock.models
+                for name in self.mock.models
             ]
             self._send_json(200, {"models": models})
         else:
@@ -273,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         raw = self._read_body()
         path, body = self._record(raw)
-        mock = self.server.mock
+        mock = self.mock
         match = _MODEL_CALL.match(path)
         if match is None:
             self._send_json(404, _error_body(404, "NOT_FOUND", f"Not found: {path}"))
@@ -299,8 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         scenario = mock.scenario
         if scenario == "hang":
-            mock._closing.wait()
-            self.close_connection = True
+            self._hang()
             return
         if scenario in HTTP_ERRORS:
             status, word, message = HTTP_ERRORS[scenario]
@@ -316,30 +242,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, answer.whole())
 
     def _stream(self, answer: _Answer, scenario: str) -> None:
-        mock = self.server.mock
+        mock = self.mock
         delay = mock.token_delay or (0.2 if scenario == "slow" else 0.0)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self._start_stream("text/event-stream", no_cache=False)
         try:
             for index, (chunk, is_text) in enumerate(answer.sse_chunks()):
-                if is_text and delay > 0 and mock._closing.wait(delay):
-                    self.close_connection = True
+                if is_text and self._pause(delay):
                     return
                 if index == 1 and scenario == "stall":
-                    # The first words came; then silence until the mock closes.
-                    mock._closing.wait()
-                    self.close_connection = True
+                    self._hang()  # the first words came; then silence until the mock closes
                     return
                 self._chunk(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._end_stream()
         except OSError:
             self.close_connection = True
 
 
-class MockGemini:
+class MockGemini(LoopbackMock):
     """Mock Gemini API served from a daemon thread on 127.0.0.1.
 
     Attributes tests may change at any time (each request reads them afresh):
@@ -355,22 +274,8 @@ class MockGemini:
     """
 
     def __init__(self, scenario: str = "text", *, token_delay: float = 0.0, text: str = DEFAULT_TEXT) -> None:
-        self.scenario = scenario
-        self.token_delay = token_delay
-        self.text = text
         self.models = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite"]
-        self.requests: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.mock = self
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="mock-gemini", daemon=True
-        )
-        self._thread.start()
+        super().__init__(_Handler, scenario=scenario, token_delay=token_delay, text=text, thread_name="mock-gemini")
 
     # --- test-facing helpers ---------------------------------------------
 
@@ -384,47 +289,8 @@ class MockGemini:
                 if r["call"] in ("generateContent", "streamGenerateContent") and not _is_helper_call(r["json"])
             ]
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.generate_requests) >= n:
-                return True
-            time.sleep(0.01)
-        return False
-
-    def close(self) -> None:
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> MockGemini:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- used by the handler ---------------------------------------------
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self.requests.append(entry)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
+    def _awaited_requests(self) -> list[dict[str, Any]]:
+        return self.generate_requests
 
     def _answer(self, scenario: str, model: str, body: dict[str, Any]) -> _Answer | None:
         text = self.text

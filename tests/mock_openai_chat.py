@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mockserver import LoopbackMock, MockHandler
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -207,90 +205,16 @@ class _Answer:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    mock: MockOpenAIChat
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients vanishing mid-request is normal here (killed CLIs); real bugs still print.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.mock._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.mock._track(self.connection, add=False)
-
-    # --- plumbing -------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _record(self, body: bytes) -> tuple[str, dict[str, Any] | None]:
-        path, _, query = self.path.partition("?")
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-        self.server.mock._record(
-            {
-                "time": time.monotonic(),
-                "method": self.command,
-                "path": path,
-                "query": query,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "json": parsed,
-            }
-        )
-        return path, parsed if isinstance(parsed, dict) else None
-
-    def _send_json(self, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", "req_mock_" + _hex())
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _chunk(self, data: bytes) -> None:
-        # Chunked transfer, flushed per event, so clients see each delta when it is sent.
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+class _Handler(MockHandler["MockOpenAIChat"]):
+    def _extra_fields(self, path: str) -> dict[str, Any]:
+        return {"time": time.monotonic()}
 
     # --- verbs ----------------------------------------------------------
 
     def do_GET(self) -> None:
         path, _ = self._record(b"")
         if path.rstrip("/").endswith("/models"):
-            mock = self.server.mock
+            mock = self.mock
             data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in mock.models]
             self._send_json(200, {"object": "list", "data": data})
         else:
@@ -298,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path, body = self._record(self._read_body())
-        mock = self.server.mock
+        mock = self.mock
         if not path.endswith("/chat/completions"):
             self._send_json(404, error_body(f"Unknown request URL: POST {path}", "invalid_request_error"))
             return
@@ -309,8 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         scenario = mock.scenario
         if scenario == "hang":
-            mock._closing.wait()  # say nothing until the mock closes, then drop the connection
-            self.close_connection = True
+            self._hang()
             return
         if scenario in HTTP_ERRORS:
             status, err_type, code, message = HTTP_ERRORS[scenario]
@@ -328,28 +251,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, answer.completion())
 
     def _stream(self, answer: _Answer, scenario: str, include_usage: bool) -> None:
-        mock = self.server.mock
+        mock = self.mock
         delay = mock.token_delay or (0.2 if scenario == "slow" else 0.0)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("x-request-id", "req_mock_" + _hex())
-        self.end_headers()
+        self._start_stream()
         try:
             for chunk, is_delta in answer.chunks(include_usage):
-                if is_delta and delay > 0 and mock._closing.wait(delay):
-                    self.close_connection = True
+                if is_delta and self._pause(delay):
                     return  # the mock is closing: abandon the stream mid-way
                 self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
             self._chunk(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._end_stream()
         except OSError:
             self.close_connection = True  # the client gave up (e.g. the CLI was killed)
 
 
-class MockOpenAIChat:
+class MockOpenAIChat(LoopbackMock):
     """Mock OpenAI Chat Completions API served from a daemon thread on 127.0.0.1.
 
     Attributes tests may change at any time (each request reads them afresh):
@@ -366,26 +282,14 @@ class MockOpenAIChat:
     """
 
     def __init__(self, scenario: str = "text", *, token_delay: float = 0.0, text: str = DEFAULT_TEXT) -> None:
-        self.scenario = scenario
-        self.token_delay = token_delay
-        self.text = text
         self.tool_name = TOOL_NAME
         self.tool_arguments: dict[str, Any] = dict(TOOL_ARGUMENTS)
         self.models: list[str] = list(DEFAULT_MODELS)
-        self.requests: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.mock = self
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            _Handler, scenario=scenario, token_delay=token_delay, text=text, thread_name="mock-openai-chat"
+        )
         self.base_url = self.url + "/v1"
         """What OpenAI clients take as their base URL (OPENAI_BASE_URL)."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="mock-openai-chat", daemon=True
-        )
-        self._thread.start()
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -393,49 +297,8 @@ class MockOpenAIChat:
         with self._lock:
             return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith("/chat/completions")]
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
-        """Wait until at least ``n`` chat requests arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.chat_requests) >= n:
-                return True
-            time.sleep(0.01)
-        return False
-
-    def close(self) -> None:
-        """Stop serving; releases hanging handlers and drops open connections."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> MockOpenAIChat:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- used by the handler ---------------------------------------------
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self.requests.append(entry)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
+    def _awaited_requests(self) -> list[dict[str, Any]]:
+        return self.chat_requests
 
     def _answer(self, scenario: str, body: dict[str, Any]) -> _Answer | None:
         model = str(body.get("model") or "mock-model")

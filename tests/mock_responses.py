@@ -17,14 +17,12 @@ Usage::
 from __future__ import annotations
 
 import json
-import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mockserver import LoopbackMock, MockHandler
 
 __all__ = [
     "CODEX_OFFLINE_ARGS",
@@ -258,88 +256,16 @@ class _Answer:
         yield ("response.completed", {"response": self._response("completed", output, self.usage)}), False
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    mock: MockResponses
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients vanishing mid-request is normal here (killed CLIs, close()); real bugs still print.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.mock._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.mock._track(self.connection, add=False)
-
-    # --- plumbing -------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _record(self, body: bytes) -> tuple[str, dict[str, Any] | None]:
-        path, _, query = self.path.partition("?")
+class _Handler(MockHandler["MockResponses"]):
+    def _parse(self, body: bytes) -> Any:
         encoding = (self.headers.get("Content-Encoding") or "").lower()
         if body and encoding == "zstd":
-            parsed: Any = None  # codex may compress; the mock cannot read zstd with the stdlib
-        elif body and encoding in ("gzip", "deflate"):
+            return None  # codex may compress; the mock cannot read zstd with the stdlib
+        if body and encoding in ("gzip", "deflate"):
             import zlib
 
             body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-            parsed = _json_or_none(body)
-        else:
-            parsed = _json_or_none(body) if body else None
-        self.server.mock._record(
-            {
-                "method": self.command,
-                "path": path,
-                "query": query,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "json": parsed,
-            }
-        )
-        return path, parsed if isinstance(parsed, dict) else None
-
-    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", "req_mock_" + _hex())
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _chunk(self, data: bytes) -> None:
-        # Chunked transfer so each SSE event is flushed on its own, as the real service does.
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+        return super()._parse(body)
 
     # --- verbs ----------------------------------------------------------
 
@@ -353,16 +279,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         raw = self._read_body()
         path, body = self._record(raw)
-        mock = self.server.mock
+        mock = self.mock
         if not path.endswith("/responses"):
             self._send_json(404, {"error": {"message": f"Not found: {path}", "type": "invalid_request_error"}})
             return
         body = body or {}
         scenario = mock.scenario
         if scenario == "hang":
-            # Say nothing until the mock closes; then drop the connection.
-            mock._closing.wait()
-            self.close_connection = True
+            self._hang()
             return
         if scenario in HTTP_ERRORS:
             status, error, headers = HTTP_ERRORS[scenario]
@@ -377,30 +301,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._stream(answer, scenario)
 
-    def _start_sse(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("x-request-id", "req_mock_" + _hex())
-        self.end_headers()
-
     def _event(self, name: str, data: dict[str, Any], sequence: int) -> None:
         payload = {"type": name, "sequence_number": sequence, **data}
         self._chunk(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode())
 
     def _stream(self, answer: _Answer, scenario: str) -> None:
-        mock = self.server.mock
+        mock = self.mock
         delay = mock.token_delay or (0.2 if scenario == "slow" else 0.0)
-        self._start_sse()
+        self._start_stream()
         try:
             for sequence, ((name, data), is_delta) in enumerate(answer.events()):
-                if is_delta and delay > 0 and mock._closing.wait(delay):
-                    self.close_connection = True
+                if is_delta and self._pause(delay):
                     return  # mock is closing: abandon the stream mid-way
                 self._event(name, data, sequence)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._end_stream()
         except OSError:
             self.close_connection = True  # client gave up (e.g. the CLI was killed) or we are closing
 
@@ -408,24 +322,16 @@ class _Handler(BaseHTTPRequestHandler):
         answer = _Answer(str(body.get("model") or "mock-model"), [])
         failed = answer._response("failed", [], None)
         failed["error"] = {"code": code, "message": message}
-        self._start_sse()
+        self._start_stream()
         try:
             self._event("response.created", {"response": answer._response("in_progress", [], None)}, 0)
             self._event("response.failed", {"response": failed}, 1)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._end_stream()
         except OSError:
             self.close_connection = True
 
 
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-class MockResponses:
+class MockResponses(LoopbackMock):
     """Mock OpenAI Responses API served from a daemon thread on 127.0.0.1.
 
     Attributes tests may change at any time (each request reads them afresh):
@@ -441,21 +347,8 @@ class MockResponses:
     """
 
     def __init__(self, scenario: str = "text", *, token_delay: float = 0.0, text: str = DEFAULT_TEXT) -> None:
-        self.scenario = scenario
-        self.token_delay = token_delay
-        self.text = text
-        self.requests: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.mock = self
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="mock-responses", daemon=True
-        )
-        self._thread.start()
+        super().__init__(_Handler, scenario=scenario, token_delay=token_delay, text=text, thread_name="mock-responses")
+        self.url += "/v1"
 
     # --- test-facing helpers ---------------------------------------------
 
@@ -470,49 +363,8 @@ class MockResponses:
         requests = self.responses_requests
         return _function_outputs(requests[-1]["json"] or {}) if requests else []
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
-        """Wait until at least ``n`` responses requests arrived (for hang/cancel tests)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.responses_requests) >= n:
-                return True
-            time.sleep(0.01)
-        return False
-
-    def close(self) -> None:
-        """Stop serving; releases hanging handlers and drops open connections."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> MockResponses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- used by the handler ---------------------------------------------
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self.requests.append(entry)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
+    def _awaited_requests(self) -> list[dict[str, Any]]:
+        return self.responses_requests
 
     def _answer(self, scenario: str, body: dict[str, Any]) -> _Answer | None:
         model = str(body.get("model") or "mock-model")

@@ -711,9 +711,8 @@ def test_detection_waits_only_for_runners_before_the_answer(monkeypatch: pytest.
 
     monkeypatch.setattr(selection, "check", check)
     monkeypatch.setattr(registry, "runner_names", lambda: ["first", "second", "slow"])
-    started = time.monotonic()
     assert asyncio.run(selection.detect_runner()) == "second"
-    assert time.monotonic() - started < 10 and cancelled == ["slow"]
+    assert cancelled == ["slow"]
     # A runner that cannot tell whether it is logged in yields to a later one that is.
     monkeypatch.setattr(registry, "runner_names", lambda: ["first", "third", "second"])
     assert asyncio.run(selection.detect_runner()) == "second"

@@ -220,8 +220,6 @@ def test_hang_is_released_by_close() -> None:
     thread = threading.Thread(target=call)
     thread.start()
     assert api.wait_for_requests(1)
-    started = time.monotonic()
     api.close()
     thread.join(timeout=5)
     assert not thread.is_alive() and errors  # the connection was dropped
-    assert time.monotonic() - started < 5

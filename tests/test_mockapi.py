@@ -212,10 +212,8 @@ def test_hang_is_released_by_close() -> None:
     time.sleep(0.2)
     assert thread.is_alive() and not outcome  # really hanging
 
-    t0 = time.monotonic()
     api.close()
     thread.join(timeout=5)
-    assert time.monotonic() - t0 < 3
     assert not thread.is_alive()
     assert isinstance(outcome[0], Exception)
 

@@ -328,7 +328,6 @@ async def test_401_is_an_authentication_error_never_an_answer(
 ) -> None:
     api.scenario = "http_401"
     chunks: list[llmrun.ChatChunk] = []
-    started = time.monotonic()
     with pytest.raises(llmrun.RunnerError) as caught:
         async with contextlib.aclosing(runner.stream(request("hi", workdir))) as stream:
             async for chunk in stream:
@@ -339,21 +338,17 @@ async def test_401_is_an_authentication_error_never_an_answer(
     assert "HTTP 401" in str(exc) and exc.process_exit_code == 1
     assert exc.hint and "COPILOT_PROVIDER_API_KEY" in exc.hint
     assert not any(c.delta or c.is_final for c in chunks), chunks
-    assert time.monotonic() - started < 20
     assert len(api.chat_requests) == 3  # copilot retries a 401 twice ("transient_auth_error")
 
 
 async def test_429_is_a_rate_limit_error(runner: CopilotRunner, api: MockOpenAIChat, workdir: str) -> None:
     api.scenario = "http_429"
-    started = time.monotonic()
     with pytest.raises(llmrun.RateLimitError) as caught:
         await runner.complete(request("hi", workdir, options={"max_retries": 0}))
-    elapsed = time.monotonic() - started
 
     assert "HTTP 429" in str(caught.value) and "Rate limit reached" in str(caught.value)
     assert caught.value.process_exit_code is not None
     assert len(api.chat_requests) == 1  # stopped before copilot's first retry, 6-7 s later
-    assert elapsed < 15, elapsed
 
 
 async def test_500_retries_are_bounded_and_typed(runner: CopilotRunner, api: MockOpenAIChat, workdir: str) -> None:
@@ -374,13 +369,10 @@ async def test_500_retries_are_bounded_and_typed(runner: CopilotRunner, api: Moc
 async def test_a_timeout_ends_copilots_own_retrying(runner: CopilotRunner, api: MockOpenAIChat, workdir: str) -> None:
     api.scenario = "http_429"
     before = processes_running(native_binary())
-    started = time.monotonic()
     with pytest.raises(llmrun.RunnerTimeout) as caught:
         await runner.complete(request("hi", workdir, timeout=6, options={"max_retries": None}))
-    elapsed = time.monotonic() - started
 
     assert "time limit" in str(caught.value)
-    assert elapsed < 6 + KILL_GRACE + 1.5, elapsed
     assert 1 <= len(api.chat_requests) <= 2
     await assert_gone(processes_running(native_binary()) - before, native_binary(), within=1)
 
@@ -493,12 +485,10 @@ async def test_cancelling_a_run_leaves_no_copilot_process(
         assert await asyncio.to_thread(api.wait_for_requests, 1, 30.0), "copilot never called the API"
         started = processes_running(native) - before
         assert started, "no native copilot process seen"
-        cancelled = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await assert_gone(started, native, within=1.0)
-        assert time.monotonic() - cancelled < KILL_GRACE + 1.5
     finally:
         task.cancel()
         with contextlib.suppress(BaseException):

@@ -299,7 +299,6 @@ async def test_401_is_an_authentication_error_never_an_answer(
 ) -> None:
     api.scenario = "http_401"
     chunks: list[llmrun.ChatChunk] = []
-    started = time.monotonic()
     with pytest.raises(llmrun.RunnerError) as caught:
         async with contextlib.aclosing(runner.stream(request("hi", workdir))) as stream:
             async for chunk in stream:
@@ -310,7 +309,6 @@ async def test_401_is_an_authentication_error_never_an_answer(
     assert "Incorrect API key" in str(exc) and exc.process_exit_code == 1
     assert exc.hint and "opencode auth login" in exc.hint
     assert not any(c.delta or c.is_final for c in chunks), chunks
-    assert time.monotonic() - started < 20
     assert len(api.chat_requests) == 1
 
 
@@ -321,16 +319,13 @@ async def test_retries_without_end_are_ended_by_a_timeout(
     runner: OpencodeRunner, api: MockOpenAIChat, workdir: str, scenario: str, words: str
 ) -> None:
     api.scenario = scenario
-    started = time.monotonic()
     with pytest.raises(llmrun.RunnerTimeout) as caught:
         await runner.complete(request("hi", workdir, timeout=6))
-    elapsed = time.monotonic() - started
 
     error = caught.value
     assert "time limit" in str(error)
     assert f"still retrying mock/mock-model after: AI_APICallError: {words}" in str(error)
     assert error.hint and "OPENCODE_CONFIG_CONTENT" in error.hint
-    assert elapsed < 6 + KILL_GRACE + 1.5, elapsed
     # Attempts about 2 s and 4 s apart: two or three fit in 6 s, whatever the start-up took.
     assert 1 <= len(api.chat_requests) <= 3, len(api.chat_requests)
     await assert_no_processes_in(workdir, within=1)
@@ -340,16 +335,13 @@ async def test_without_a_provider_the_stall_says_what_to_configure(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat, workdir: str
 ) -> None:
     isolate(monkeypatch, tmp_path, None)
-    started = time.monotonic()
     with pytest.raises(llmrun.RunnerTimeout) as caught:
         await llmrun.get_runner("opencode").complete(request("hi", workdir, stall_timeout=5))
-    elapsed = time.monotonic() - started
 
     error = caught.value
     assert "stall" in str(error) and "opencode/big-pickle" in str(error)
     assert "its fallback when no provider is configured" in str(error)
     assert error.hint and "opencode auth login" in error.hint and "opencode.json" in error.hint
-    assert elapsed < 5 + 5 + KILL_GRACE, elapsed  # start-up, the stall, the kill
     assert api.requests == []
     await assert_no_processes_in(workdir, within=1)
 
@@ -410,12 +402,10 @@ async def test_cancelling_a_run_leaves_no_process(runner: OpencodeRunner, api: M
     try:
         assert await asyncio.to_thread(api.wait_for_requests, 1, 30.0), "opencode never called the API"
         assert any(binary in cmd or "opencode" in cmd for _, cmd in processes_in(workdir))
-        cancelled = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await assert_no_processes_in(workdir, within=1.0)
-        assert time.monotonic() - cancelled < KILL_GRACE + 1.5
     finally:
         task.cancel()
         with contextlib.suppress(BaseException):

@@ -104,9 +104,7 @@ def test_every_error_class_is_named_and_exported() -> None:
     from llmrun import errors
 
     classes = {
-        obj.__name__
-        for obj in vars(errors).values()
-        if isinstance(obj, type) and issubclass(obj, errors.LlmrunError)
+        obj.__name__ for obj in vars(errors).values() if isinstance(obj, type) and issubclass(obj, errors.LlmrunError)
     }
     assert classes == set(errors.ERRORS_BY_NAME)
     assert classes <= set(llmrun.__all__)
