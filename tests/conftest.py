@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,14 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name)
     monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # `chat --continue` remembers sessions there
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> str:
+    """A working directory of this test's own, for its runs (and to find what they leave behind)."""
+    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return os.path.realpath(path)
 
 
 @dataclass

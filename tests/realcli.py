@@ -11,11 +11,13 @@ The rules these helpers enforce:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import shutil
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,34 @@ def loopback_only() -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def processes_in(directory: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose working directory is in `directory`.
+
+    Each real-binary test gives its run a directory of its own, so this finds whatever the
+    run left behind, whatever the tool named its processes. Zombies are dead and not counted.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # gone meanwhile, or not readable
+            continue
+        if (cwd == directory or cwd.startswith(directory + "/")) and state not in ("Z", "X"):
+            found.append((int(entry), cmdline))
+    return found
+
+
+async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
+    """Wait up to `within` seconds for every process of the run to be gone."""
+    deadline = time.monotonic() + within
+    while (left := processes_in(directory)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not left, f"processes of the run survived: {left}"

@@ -48,7 +48,7 @@ from mockapi import (
     TOOL_PREAMBLE,
     MockAnthropic,
 )
-from realcli import claude_env, require_binary
+from realcli import assert_no_processes_in, claude_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -93,14 +93,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockAnthropic) -> 
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    """A working directory that belongs to this test only (claude keeps its session here)."""
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
-@pytest.fixture
 def runner(env: dict[str, str]) -> ClaudeCodeRunner:
     made = llmrun.get_runner("claude_code")
     assert isinstance(made, ClaudeCodeRunner)
@@ -113,30 +105,6 @@ def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def processes_in(directory: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process whose working directory is `directory`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:  # gone meanwhile, a zombie, or not ours
-            continue
-        if cwd == directory or cwd.startswith(directory + "/"):
-            found.append((int(entry), cmdline))
-    return found
-
-
-async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while (left := processes_in(directory)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not left, f"processes of the run survived: {left}"
 
 
 def last_request(api: MockAnthropic) -> dict[str, Any]:

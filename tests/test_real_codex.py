@@ -24,7 +24,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 import zlib
 from pathlib import Path
@@ -50,7 +49,7 @@ from mock_responses import (
     MockResponses,
     codex_provider_args,
 )
-from realcli import codex_env, require_binary
+from realcli import assert_no_processes_in, codex_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -92,13 +91,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     return dict(os.environ)
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
 def make_runner(api: MockResponses, *, retries: int | None = 0, offline: bool = True) -> CodexRunner:
     made = llmrun.get_runner("codex", extra_args=codex_provider_args(api.url, retries=retries, offline=offline))
     assert isinstance(made, CodexRunner)
@@ -116,30 +108,6 @@ def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def processes_in(directory: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process whose working directory is `directory`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        if cwd == directory or cwd.startswith(directory + "/"):
-            found.append((int(entry), cmdline))
-    return found
-
-
-async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while (left := processes_in(directory)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not left, f"processes of the run survived: {left}"
 
 
 def last_request(api: MockResponses) -> dict[str, Any]:

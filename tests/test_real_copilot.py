@@ -92,13 +92,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat, ca
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
-@pytest.fixture
 def runner(env: dict[str, str]) -> CopilotRunner:
     made = llmrun.get_runner("copilot")
     assert isinstance(made, CopilotRunner)

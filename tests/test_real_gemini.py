@@ -35,7 +35,7 @@ from llmrun.runners.gemini import GeminiRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_gemini import DEFAULT_TEXT, HTTP_ERRORS, SLOW_WORDS, TOOL_INPUT, TOOL_NAME, TOOL_PREAMBLE, MockGemini
-from realcli import gemini_env, require_binary
+from realcli import assert_no_processes_in, gemini_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -90,13 +90,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockGemini) -> dic
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
-@pytest.fixture
 def runner(env: dict[str, str]) -> GeminiRunner:
     made = llmrun.get_runner("gemini")
     assert isinstance(made, GeminiRunner)
@@ -109,30 +102,6 @@ def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def processes_in(directory: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process whose working directory is `directory`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        if cwd == directory or cwd.startswith(directory + "/"):
-            found.append((int(entry), cmdline))
-    return found
-
-
-async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while (left := processes_in(directory)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not left, f"processes of the run survived: {left}"
 
 
 def last_request(api: MockGemini) -> dict[str, Any]:

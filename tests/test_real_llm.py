@@ -36,7 +36,7 @@ from llmrun.runners.llm import SYSTEM_PROMPT_ARGV_LIMIT, LlmRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, SLOW_WORDS, MockOpenAIChat
-from realcli import llm_env
+from realcli import llm_env, processes_in
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -87,14 +87,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat) ->
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    """A working directory of this test only, to find the processes a run left behind."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
-@pytest.fixture
 def runner(env: dict[str, str]) -> LlmRunner:
     made = llmrun.get_runner("llm")
     assert isinstance(made, LlmRunner)
@@ -104,22 +96,6 @@ def runner(env: dict[str, str]) -> LlmRunner:
 def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:
     fields.setdefault("timeout", RUN_LIMIT)
     return ChatRequest.of(prompt, cwd=workdir, **fields)
-
-
-def processes_in(directory: str) -> list[tuple[int, str]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        if cwd == directory:
-            found.append((int(entry), cmdline))
-    return found
 
 
 def logged(env: dict[str, str]) -> list[dict[str, Any]]:

@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from llmrun.runners.opencode import OpencodeRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, THINKING_DELTAS, TOOL_PREAMBLE, MockOpenAIChat
-from realcli import opencode_env, require_binary
+from realcli import assert_no_processes_in, opencode_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(90)]
 
@@ -87,14 +86,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat) ->
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    """A working directory of this test only: every process of a run has it as its cwd."""
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
-
-
-@pytest.fixture
 def runner(env: dict[str, str]) -> OpencodeRunner:
     made = llmrun.get_runner("opencode")
     assert isinstance(made, OpencodeRunner)
@@ -107,32 +98,6 @@ def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def processes_in(directory: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process whose working directory is `directory`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if (cwd == directory or cwd.startswith(directory + "/")) and state not in ("Z", "X"):
-            found.append((int(entry), cmdline))
-    return found
-
-
-async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while (left := processes_in(directory)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not left, f"processes of the run survived: {left}"
 
 
 def last_request(api: MockOpenAIChat) -> dict[str, Any]:
