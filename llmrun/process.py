@@ -18,12 +18,13 @@ import errno
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BinaryNotFound, ConfigError, OutputTooLarge, RunnerError, RunnerTimeout
+from .errors import BinaryNotFound, ConfigError, OutputTooLarge, ProcessFailed, RunnerError, RunnerTimeout
 
 READ_SIZE = 256 * 1024
 # After the tool exits, stdout normally closes at once; if something it started keeps the
@@ -39,6 +40,25 @@ def _kill_survivors() -> None:
     for pgid in list(_live_groups):
         _signal_group(pgid, signal.SIGKILL)
     _live_groups.clear()
+
+
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the reaper and EOF on stdin remain
+        return None
+
+
+_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it when llmrun dies, however it dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -63,6 +83,9 @@ class Invocation:
     """Run on a pseudo-terminal, for tools that refuse to work without one."""
     temp_files: list[str] = field(default_factory=list)
     """Files written for this run (a long system prompt, say), removed when it ends."""
+    interactive: bool = False
+    """A long-lived tool (a warm session): stdin stays open for `Child.send`, and the tool is
+    told to die with llmrun (PR_SET_PDEATHSIG) so that a killed daemon leaves none behind."""
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -142,6 +165,8 @@ class Child:
         inv = self.invocation
         if inv.cwd is not None and not os.path.isdir(inv.cwd):
             raise ConfigError(f"working directory does not exist: {inv.cwd}")
+        if inv.interactive and inv.pty:
+            raise ConfigError("an interactive tool runs over pipes, not a pty")
         try:
             if inv.pty:
                 await self._start_pty()
@@ -163,18 +188,19 @@ class Child:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ExitAwareProtocol(loop),
             *inv.argv,
-            stdin=asyncio.subprocess.PIPE if inv.stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if inv.stdin is not None or inv.interactive else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=inv.cwd,
             env=inv.child_env(),
             start_new_session=True,
+            preexec_fn=_die_with_parent if inv.interactive else None,
         )
         proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._proc, self.pid = proc, proc.pid
         self._exited = protocol.exited
         self._tasks.append(asyncio.ensure_future(self._drain_stderr()))
-        if inv.stdin is not None:
+        if inv.stdin is not None and not inv.interactive:
             self._tasks.append(asyncio.ensure_future(self._feed_stdin(inv.stdin)))
 
     async def _start_pty(self) -> None:
@@ -215,6 +241,26 @@ class Child:
             await self._proc.stdin.drain()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._proc.stdin.close()
+
+    async def send(self, data: bytes) -> None:
+        """Write to an interactive tool's stdin; a tool that has gone is a ProcessFailed."""
+        assert self._proc is not None and self._proc.stdin is not None, "send() needs an interactive invocation"
+        try:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ProcessFailed("the tool closed its input: it has exited") from exc
+
+    def close_stdin(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    @property
+    def exited(self) -> asyncio.Future[int]:
+        """Resolves with the exit code when the tool exits."""
+        assert self._exited is not None
+        return self._exited
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -400,6 +446,38 @@ async def spawn(invocation: Invocation, limits: Limits | None = None) -> AsyncIt
         for path in invocation.temp_files:
             with contextlib.suppress(OSError):
                 os.remove(path)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group, read from /proc (none where there is no /proc)."""
+    members = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                members.append(int(entry))
+    return sorted(members)
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of these processes, summed (0 for any that has gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 async def run_command(

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "cancelled"]
 HealthStatus = Literal["ok", "not_installed", "unauthenticated", "outdated", "error"]
 
 
@@ -309,6 +309,9 @@ class Capabilities(_Model):
     """The tool has agent tools of its own (shell, edits) that `allow_tools` can enable."""
     sessions: bool = False
     """The tool keeps sessions that a later request can resume by id."""
+    warm: bool = False
+    """`runner.session()` keeps one tool process alive for the whole conversation; otherwise
+    each turn starts the tool afresh and resumes its session (or replays the history)."""
     system_prompt: bool = True
     images: bool = False
     json_schema: bool = False

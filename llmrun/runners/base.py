@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .. import process
 from ..config import RunnerSettings, runner_settings
@@ -32,6 +32,10 @@ from ..errors import (
     UnsupportedFeature,
 )
 from ..prompting import new_turns
+
+if TYPE_CHECKING:
+    from ..sessions import Session, SessionSettings
+    from ..transports.base import WarmConnection
 from ..types import (
     Capabilities,
     ChatChunk,
@@ -134,6 +138,42 @@ class Runner(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the runner holds (nothing for one-shot CLI runs)."""
+
+    def session(
+        self,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        cwd: str | None = None,
+        resume: str | None = None,
+        allow_tools: bool = False,
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        stall_timeout: float | None = None,
+    ) -> Session:
+        """A conversation with this tool: `async with runner.session() as s: await s.complete("hi")`.
+
+        With `capabilities.warm` one tool process answers every turn; otherwise each turn
+        starts the tool and resumes its session (or replays the history). `resume` continues
+        a session of the tool by id; `timeout` and `stall_timeout` apply to each turn.
+        """
+        from ..sessions import ResumingSession, SessionSettings, WarmSession
+
+        settings = SessionSettings(
+            model=model,
+            system=system,
+            cwd=cwd,
+            resume=resume,
+            allow_tools=allow_tools,
+            options=dict(options or {}),
+            timeout=timeout,
+            stall_timeout=stall_timeout,
+        )
+        return WarmSession(self, settings) if self.capabilities.warm else ResumingSession(self, settings)
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        """The live process of a warm session; only runners with `capabilities.warm` have one."""
+        raise UnsupportedFeature(f"{self.display_name} has no warm mode", runner=self.name)
 
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -269,12 +309,17 @@ class CliRunner(Runner):
         if request.json_schema is not None and not self.capabilities.json_schema:
             raise UnsupportedFeature(f"{self.display_name} has no structured output option", runner=self.name)
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        self.check_request(request)
+    def prepared_invocation(self, request: ChatRequest) -> process.Invocation:
+        """The tool's invocation for a request, with the settings' extra arguments and env."""
         invocation = self.build_invocation(request, self.resolve_binary())
         if self.extra_args:
             invocation.argv[self.extra_args_at : self.extra_args_at] = self.extra_args
         invocation.env = {**self.env, **invocation.env}
+        return invocation
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        self.check_request(request)
+        invocation = self.prepared_invocation(request)
         parser = self.new_parser(request)
         held: list[ChatChunk] = []  # final chunks wait until the exit status is known
         async with process.spawn(invocation, self.limits_for(request)) as child:

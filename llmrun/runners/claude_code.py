@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from .. import process
 from ..errors import ProcessFailed, RunnerError, SessionNotFound
@@ -21,6 +22,10 @@ from ..prompting import prompt_for
 from ..types import Capabilities, ChatRequest
 from .base import CliRunner, Parser
 from .stream_json import StreamJsonParser
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 
 # Longer system prompts go through a file: argv is visible to every user and bounded.
 SYSTEM_PROMPT_ARGV_LIMIT = 16 * 1024
@@ -54,6 +59,7 @@ class ClaudeCodeRunner(CliRunner):
         thinking=True,
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         json_schema=True,
         usage=True,
@@ -101,6 +107,21 @@ class ClaudeCodeRunner(CliRunner):
 
     def new_parser(self, request: ChatRequest) -> Parser:
         return ClaudeParser()
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.stream_json_input import StreamJsonInput
+
+        invocation = self.prepared_invocation(settings.request([], session_id=resume))
+        invocation.argv[2:2] = ["--input-format", "stream-json"]
+        return StreamJsonInput(
+            invocation,
+            runner=self.name,
+            display_name=self.display_name,
+            resume=resume,
+            open_timeout=settings.timeout,
+            error_for_exit=self.error_for_exit,
+            new_parser=ClaudeParser,
+        )
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
         # stream-json reports a bad --resume id as a failed result; this covers older builds
