@@ -112,9 +112,15 @@ class Session(ABC):
             queue = await self._begin(request)
             self._turn, self._queue = turn, queue
             ended = False
+            answered = False
             try:
                 while True:
                     item = await self._next(queue, turn)
+                    if isinstance(item, RunnerError) and not answered and await self._restarted(item):
+                        queue = await self._begin(request)  # it died between turns: start afresh, resumed
+                        self._queue = queue
+                        continue
+                    answered = True
                     if isinstance(item, RunnerError):
                         ended = True
                         if turn.interrupted_at is None:
@@ -159,8 +165,7 @@ class Session(ABC):
         self._closed = True
         if self._settling is not None:
             self._settling.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._settling
+            await asyncio.wait([self._settling])
         await self._shutdown()
 
     @property
@@ -200,6 +205,11 @@ class Session(ABC):
 
     def _stall_timeout(self, request: ChatRequest) -> float | None:
         return None
+
+    async def _restarted(self, error: RunnerError) -> bool:
+        """Whether the turn's first answer, `error`, means the process it was sent to had died
+        before it; the session is then ready to send the turn again to a new process."""
+        return False
 
     def _turn_done(self, request: ChatRequest, answer: str) -> None:  # noqa: B027 - hook
         """A turn completed with this answer."""
@@ -270,8 +280,7 @@ class Session(ABC):
     async def _settle(self) -> None:
         """Wait for an abandoned turn to be wound up before the next one starts."""
         if self._settling is not None:
-            with contextlib.suppress(Exception):
-                await self._settling
+            await asyncio.wait([self._settling])  # its outcome, even a cancellation, is not ours
             self._settling = None
 
 
@@ -337,6 +346,7 @@ class WarmSession(Session):
     def __init__(self, runner: Runner, settings: SessionSettings) -> None:
         super().__init__(runner, settings)
         self._connection: WarmConnection | None = None
+        self._fresh = True
 
     async def start(self) -> None:
         async with self._lock:
@@ -365,7 +375,15 @@ class WarmSession(Session):
 
     async def _begin(self, request: ChatRequest) -> asyncio.Queue[TurnItem]:
         connection = await self._connected()
+        self._fresh = connection.turns_sent == 0
         return await connection.begin_turn(request)
+
+    async def _restarted(self, error: RunnerError) -> bool:
+        connection = self._connection
+        if self._fresh or connection is None or not connection.gone:
+            return False
+        await self._kill()
+        return True
 
     def _stall_timeout(self, request: ChatRequest) -> float | None:
         return request.stall_timeout or getattr(self.runner, "stall_timeout", None)

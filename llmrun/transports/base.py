@@ -50,6 +50,9 @@ class WarmConnection(ABC):
         self.child: process.Child | None = None
         self.queue: asyncio.Queue[TurnItem] | None = None
         """The queue of the turn in flight; None between turns."""
+        self.turns_sent = 0
+        self.gone = False
+        """The tool's output has ended: it exited, or is about to."""
 
     # --- what a protocol provides --------------------------------------------------------
 
@@ -106,6 +109,7 @@ class WarmConnection(ABC):
         except RunnerError as exc:
             self.queue = None
             raise self.with_process(exc) from None
+        self.turns_sent += 1
         return queue
 
     def emit(self, item: TurnItem) -> None:
@@ -127,6 +131,7 @@ class WarmConnection(ABC):
         except RunnerError as exc:  # a line over the cap: the stream cannot be trusted further
             self.emit(exc)
             return
+        self.gone = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.child.exited), 5.0)
         self.on_exit()
@@ -150,7 +155,7 @@ class WarmConnection(ABC):
 
     @property
     def alive(self) -> bool:
-        return self.child is not None and self.child.returncode is None
+        return self.child is not None and self.child.returncode is None and not self.gone
 
     def pids(self) -> list[int]:
         if self.child is None or not self.alive:

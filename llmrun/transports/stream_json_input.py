@@ -5,7 +5,8 @@ same stream-json events as a one-shot run, ending the turn with a `result` event
 keeps the conversation in memory for the next line. An interrupt is a `control_request`
 of subtype `interrupt`, answered by a `control_response`; the turn then ends with its
 `result` as usual. A fresh parser reads each turn, so a turn parses exactly like a
-one-shot run.
+one-shot run. The `result`'s cost counts every turn of the process, its usage only the
+turn's own.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StreamJsonInput(WarmConnection):
         self.new_parser = new_parser
         self._parser: StreamJsonParser | None = None
         self._reader: asyncio.Future[None] | None = None
+        self._cost_so_far = 0.0
 
     async def handshake(self) -> None:
         # The tool says nothing until it is sent a message; reading starts now so that
@@ -70,12 +72,20 @@ class StreamJsonInput(WarmConnection):
             if event is not None and event.get("type") in ("control_response", "control_request"):
                 continue
             for chunk in parser.feed(line):
+                if chunk.cost_usd is not None:
+                    chunk = chunk.model_copy(update={"cost_usd": self._turn_cost(chunk.cost_usd)})
                 self.emit(chunk)
             if parser.finished:
                 self._parser = None
                 self.session_id = parser.session_id or self.session_id
                 if parser.error is not None:
                     self.emit(parser.error)
+
+    def _turn_cost(self, total: float) -> float:
+        """The tool reports the cost of its whole process so far; a turn costs the difference."""
+        cost = max(0.0, total - self._cost_so_far)
+        self._cost_so_far = total
+        return cost
 
     def on_exit(self) -> None:
         self._parser = None
