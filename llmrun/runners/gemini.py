@@ -60,7 +60,7 @@ import tempfile
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process
 from ..errors import (
@@ -78,6 +78,10 @@ from ..errors import (
 from ..prompting import flatten_conversation, new_turns
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, json_object
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 
 LOGIN_HINT = (
     "set GEMINI_API_KEY (or GOOGLE_GENAI_USE_VERTEXAI=true / GOOGLE_GENAI_USE_GCA=true), "
@@ -355,6 +359,7 @@ class GeminiRunner(CliRunner):
         thinking=False,  # gemini keeps the model's thoughts out of stream-json
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         usage=True,
         prompt_via_stdin=True,
@@ -409,6 +414,18 @@ class GeminiRunner(CliRunner):
         return process.Invocation(
             argv=argv, stdin=prompt, env=env, env_remove=self.env_remove, cwd=request.cwd, temp_files=temp_files
         )
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.acp import AcpProfile, acp_connection
+
+        invocation = self.prepared_invocation(settings.request([]))
+        # The one-shot flags hold in ACP mode too (model, approval mode, trust); the prompt
+        # flags give way to --acp, and a resumed session is loaded over the protocol.
+        argv = invocation.argv
+        argv[1:5] = ["--acp"]
+        invocation.argv = [arg for arg in argv if not arg.startswith("--resume=")]
+        profile = AcpProfile(system_prompt_at_start=True)  # GEMINI_SYSTEM_MD in the environment
+        return acp_connection(self, invocation, settings, resume, profile, usage_from_result=_acp_usage)
 
     def _approval_mode(self, request: ChatRequest) -> str:
         mode = str(request.options.get("approval_mode") or ("yolo" if request.allow_tools else "default"))
@@ -674,3 +691,11 @@ def _bounded_system_defaults() -> dict[str, Any] | None:
         return None
     defaults["general"] = {**(general or {}), "maxAttempts": MAX_ATTEMPTS}
     return defaults
+
+
+def _acp_usage(result: dict[str, Any]) -> Usage | None:
+    """Gemini reports a turn's tokens in the prompt result's `_meta.quota.token_count`."""
+    counts = ((result.get("_meta") or {}).get("quota") or {}).get("token_count")
+    if not isinstance(counts, dict):
+        return None
+    return Usage(input_tokens=int(counts.get("input_tokens") or 0), output_tokens=int(counts.get("output_tokens") or 0))
