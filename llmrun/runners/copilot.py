@@ -53,7 +53,7 @@ import tempfile
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process
 from ..errors import (
@@ -69,6 +69,10 @@ from ..errors import (
 from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, _last_line, json_object
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 
 LOGIN_HINT = (
     "run `copilot` and then `/login`, set COPILOT_GITHUB_TOKEN to a fine-grained token, or run `gh auth login`; "
@@ -356,6 +360,7 @@ class CopilotRunner(CliRunner):
         thinking=True,
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         usage=True,
         prompt_via_stdin=True,
@@ -414,6 +419,24 @@ class CopilotRunner(CliRunner):
             cwd=request.cwd,
             temp_files=temp_files,
         )
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.acp import AcpProfile, acp_connection
+
+        invocation = self.prepared_invocation(settings.request([]))
+        # The one-shot flags hold in ACP mode too (model, denied tools, custom instructions);
+        # the output and usage-file flags give way to --acp, and a resumed session is loaded
+        # over the protocol.
+        one_shot_only = ("--output-format=", "--usage-output-file=", "--resume=")
+        argv = [arg for arg in invocation.argv[1:] if not arg.startswith(one_shot_only)]
+        invocation.argv = [invocation.argv[0], "--acp", *argv]
+        profile = AcpProfile(
+            system_prompt_at_start=True,
+            cumulative_usage=True,
+            error_in_answer=_error_in_answer,
+            notice=_retry_notice,
+        )
+        return acp_connection(self, invocation, settings, resume, profile)
 
     def new_parser(self, request: ChatRequest) -> Parser:
         max_retries = request.options.get("max_retries", DEFAULT_MAX_RETRIES)
@@ -514,3 +537,24 @@ class CopilotRunner(CliRunner):
 
     def _copilot_home(self) -> str:
         return self._env_value("COPILOT_HOME") or os.path.join(os.path.expanduser("~"), ".copilot")
+
+
+_HTTP_STATUS = re.compile(r"\(HTTP (\d{3})\)|\b([45]\d\d)\b")
+
+
+def _error_in_answer(answer: str) -> RunnerError | None:
+    """Over ACP copilot ends a failed turn normally, its answer an `Error: ...` message."""
+    start = answer.find("Error: ")
+    if start < 0 or answer[:start].strip():
+        return None
+    message = answer[start + len("Error: ") :]
+    found = _HTTP_STATUS.search(message)
+    status = int(found.group(1) or found.group(2)) if found else None
+    return error_for(message, status, error_type="authentication" if _NO_AUTH.search(message) else None)
+
+
+def _retry_notice(text: str) -> AgentEvent | None:
+    """Copilot's "Info: ... Retrying..." lines are news about the run, not answer text."""
+    if text.startswith("Info: ") and "Retrying" in text:
+        return AgentEvent(kind="retry", message=text.removeprefix("Info: ").strip())
+    return None

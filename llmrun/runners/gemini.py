@@ -424,8 +424,9 @@ class GeminiRunner(CliRunner):
         argv = invocation.argv
         argv[1:5] = ["--acp"]
         invocation.argv = [arg for arg in argv if not arg.startswith("--resume=")]
-        profile = AcpProfile(system_prompt_at_start=True)  # GEMINI_SYSTEM_MD in the environment
-        return acp_connection(self, invocation, settings, resume, profile, usage_from_result=_acp_usage)
+        # The system prompt is in GEMINI_SYSTEM_MD; the model and approval mode are in argv.
+        profile = AcpProfile(system_prompt_at_start=True, usage_from_result=_acp_usage)
+        return acp_connection(self, invocation, settings, resume, profile)
 
     def _approval_mode(self, request: ChatRequest) -> str:
         mode = str(request.options.get("approval_mode") or ("yolo" if request.allow_tools else "default"))

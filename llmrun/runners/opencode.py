@@ -47,7 +47,7 @@ import re
 import tempfile
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process
 from ..errors import (
@@ -66,6 +66,10 @@ from ..process import strip_ansi
 from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
 from .base import CliRunner, Parser, _last_line, json_object
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 
 LOGIN_HINT = (
     "configure a provider: `opencode auth login`, a provider in opencode.json, or one in OPENCODE_CONFIG_CONTENT; "
@@ -284,6 +288,7 @@ class OpencodeRunner(CliRunner):
         thinking=True,
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         usage=True,
         cost=True,
@@ -337,6 +342,17 @@ class OpencodeRunner(CliRunner):
             cwd=request.cwd,
             temp_files=temp_files,
         )
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.acp import AcpProfile, acp_connection
+
+        invocation = self.prepared_invocation(settings.request([]))
+        # `opencode acp` takes no model or agent flag: the run's config (permissions, system
+        # prompt, llmrun's read-only agent) comes through the environment as for a one-shot
+        # run, the agent is chosen as the session's mode and the model as its model option.
+        invocation.argv = [invocation.argv[0], "acp"]
+        profile = AcpProfile(read_only_modes=(AGENT, "plan"), system_prompt_at_start=True)
+        return acp_connection(self, invocation, settings, resume, profile, set_model=True)
 
     def new_parser(self, request: ChatRequest) -> Parser:
         return OpencodeParser(model=self.model_for(request))

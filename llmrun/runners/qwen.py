@@ -32,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import process
 from ..errors import (
@@ -46,6 +46,10 @@ from ..errors import (
 from ..prompting import prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, _last_line
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 from .stream_json import StreamJsonParser
 
 # Longer system prompts go through a file: argv is visible to every user and bounded.
@@ -239,6 +243,7 @@ class QwenRunner(CliRunner):
         thinking=True,
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         usage=True,
     )
@@ -304,6 +309,18 @@ class QwenRunner(CliRunner):
                 f"approval mode {mode!r} runs agent tools: set allow_tools to use it", runner=self.name
             )
         return str(mode)
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.acp import AcpProfile, acp_connection
+
+        invocation = self.prepared_invocation(settings.request([]))
+        # The one-shot flags hold in ACP mode too (model, approval mode, excluded tools, system
+        # prompt, settings file); the output flags give way to --acp, and a resumed session is
+        # loaded over the protocol.
+        argv = invocation.argv
+        argv[1:3] = ["--acp"]
+        invocation.argv = [arg for arg in argv if not arg.startswith("--resume=")]
+        return acp_connection(self, invocation, settings, resume, AcpProfile(system_prompt_at_start=True))
 
     def new_parser(self, request: ChatRequest) -> Parser:
         return QwenParser()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import acp
+import pydantic
 from acp import schema
 
 from .. import __version__
@@ -31,6 +32,7 @@ from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
     ModelNotFound,
+    OutputParseError,
     RateLimitError,
     RunnerError,
     ServiceUnavailable,
@@ -81,6 +83,12 @@ class AcpProfile:
     """The tool took the system prompt at start-up; else it leads the first turn's text."""
     cumulative_usage: bool = False
     """The prompt result's usage counts the whole session, not the turn."""
+    usage_from_result: Callable[[dict[str, Any]], Usage | None] | None = None
+    """Reads usage the agent reports outside ACP's `usage` field of the prompt result."""
+    error_in_answer: Callable[[str], RunnerError | None] | None = None
+    """For agents that report a failed turn as answer text ending with `end_turn`."""
+    notice: Callable[[str], AgentEvent | None] | None = None
+    """For agents that say "retrying" and the like as answer text: such a chunk, as an event."""
 
 
 def error_for(code: int, message: str, data: Any = None) -> RunnerError:
@@ -184,7 +192,6 @@ class AcpConnection(WarmConnection):
         system: str | None,
         model: str | None = None,
         set_model: bool = False,
-        usage_from_result: Callable[[dict[str, Any]], Usage | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -194,13 +201,14 @@ class AcpConnection(WarmConnection):
         self.system = None if profile.system_prompt_at_start else system
         self.model = model
         self.set_model = set_model
-        self.usage_from_result = usage_from_result
         self.reported_model: str | None = None
         self._conn: Any = None
         self._prompt: asyncio.Future[None] | None = None
         self._usage_so_far = Usage()
         self._cost: float | None = None
         self._last_update = 0.0
+        self._answer: list[str] = []
+        self._update_usage: Usage | None = None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -219,7 +227,14 @@ class AcpConnection(WarmConnection):
         if self.resume:
             if not (hello.agent_capabilities and hello.agent_capabilities.load_session):
                 raise SessionNotFound(f"{self.display_name} cannot load an earlier session over ACP")
-            opened = await self._call(self._conn.load_session(cwd=self.cwd, session_id=self.resume, mcp_servers=[]))
+            try:
+                opened = await self._call(
+                    self._conn.load_session(cwd=self.cwd, session_id=self.resume, mcp_servers=[])
+                )
+            except RunnerError as exc:
+                if exc.retryable or isinstance(exc, AuthenticationError):
+                    raise
+                raise SessionNotFound(f"{self.display_name} cannot load session {self.resume}: {exc}") from None
             self.session_id = self.resume
             await self._history_replayed()
         else:
@@ -244,7 +259,9 @@ class AcpConnection(WarmConnection):
         available = [m.id for m in modes.available_modes] if modes is not None else []
         for wanted in self.profile.read_only_modes:
             if wanted in available:
-                await self._call(self._conn.set_session_mode(session_id=self.session_id, mode_id=wanted))
+                await self._call(
+                    self._conn.set_session_mode(session_id=self.session_id, mode_id=wanted), reply_matters=False
+                )
                 return
         for option in getattr(opened, "config_options", None) or []:
             root = getattr(option, "root", option)
@@ -255,7 +272,8 @@ class AcpConnection(WarmConnection):
                 match = next((v for v in values if isinstance(v, str) and v.rsplit("#", 1)[-1] == wanted), None)
                 if match is not None:
                     await self._call(
-                        self._conn.set_config_option(config_id=root.id, session_id=self.session_id, value=match)
+                        self._conn.set_config_option(config_id=root.id, session_id=self.session_id, value=match),
+                        reply_matters=False,
                     )
                     return
 
@@ -264,18 +282,24 @@ class AcpConnection(WarmConnection):
             root = getattr(option, "root", option)
             if getattr(root, "category", None) == "model":
                 await self._call(
-                    self._conn.set_config_option(config_id=root.id, session_id=self.session_id, value=self.model)
+                    self._conn.set_config_option(config_id=root.id, session_id=self.session_id, value=self.model),
+                    reply_matters=False,
                 )
                 return
 
-    async def _call(self, request: Any) -> Any:
-        """One JSON-RPC request; its error becomes the typed error it means."""
+    async def _call(self, request: Any, *, reply_matters: bool = True) -> Any:
+        """One JSON-RPC request; its error becomes the typed error it means, and a reply
+        that does not fit the protocol an OutputParseError (unless only success matters)."""
         try:
             return await request
+        except pydantic.ValidationError as exc:
+            if not reply_matters:
+                return None
+            raise OutputParseError(f"{self.display_name} answered outside the protocol: {exc}") from None
         except acp.RequestError as exc:
             error = error_for(exc.code, str(exc), exc.data)
-            if self.resume and type(error) is RunnerError and _SESSION.search(f"{exc} {exc.data}"):
-                error = SessionNotFound(f"{self.display_name} has no session {self.resume}: {error}")
+            if type(error) is RunnerError and _SESSION.search(f"{exc} {exc.data}"):
+                error = SessionNotFound(f"{self.display_name} lost its session: {error}")
             raise error from None
         except ConnectionError:
             raise self.exit_error() from None
@@ -304,6 +328,10 @@ class AcpConnection(WarmConnection):
             return
         raw = result.model_dump(by_alias=True, exclude_none=True)
         usage = self._turn_usage(result, raw)
+        answer, self._answer = "".join(self._answer), []
+        if self.profile.error_in_answer is not None and (error := self.profile.error_in_answer(answer)):
+            self.emit(error)
+            return
         self.emit(
             ChatChunk(
                 finish_reason=STOP_REASONS.get(result.stop_reason, "stop"),
@@ -316,7 +344,8 @@ class AcpConnection(WarmConnection):
         self._cost = None
 
     def _turn_usage(self, result: Any, raw: dict[str, Any]) -> Usage | None:
-        usage = self.usage_from_result(raw) if self.usage_from_result is not None else None
+        usage = self.profile.usage_from_result(raw) if self.profile.usage_from_result is not None else None
+        usage, self._update_usage = usage or self._update_usage, None
         if usage is None and result.usage is not None:
             usage = Usage(
                 input_tokens=result.usage.input_tokens,
@@ -341,7 +370,12 @@ class AcpConnection(WarmConnection):
         self._last_update = asyncio.get_running_loop().time()
         kind = getattr(update, "session_update", None)
         if kind == "agent_message_chunk":
-            if text := _text_of(update.content):
+            self._note_usage(update.field_meta)
+            text = _text_of(update.content)
+            if text and self.profile.notice is not None and (event := self.profile.notice(text)):
+                self.emit_event(event)
+            elif text:
+                self._answer.append(text)
                 self.emit(ChatChunk(delta=text))
         elif kind == "agent_thought_chunk":
             if text := _text_of(update.content):
@@ -362,6 +396,18 @@ class AcpConnection(WarmConnection):
         elif kind == "usage_update" and update.cost is not None and update.cost.currency.upper() == "USD":
             self._cost = update.cost.amount
         # Plans, commands, mode and session-info updates say nothing about the answer.
+
+    def _note_usage(self, meta: dict[str, Any] | None) -> None:
+        """Some agents (qwen) send a turn's usage in the `_meta` of an empty message chunk."""
+        usage = (meta or {}).get("usage")
+        if isinstance(usage, dict) and ("inputTokens" in usage or "outputTokens" in usage):
+            with contextlib.suppress(ValueError, TypeError):
+                self._update_usage = Usage(
+                    input_tokens=int(usage.get("inputTokens") or 0),
+                    output_tokens=int(usage.get("outputTokens") or 0),
+                    cache_read_tokens=int(usage.get("cachedReadTokens") or 0),
+                    reasoning_tokens=int(usage.get("thoughtTokens") or 0),
+                )
 
     def emit_event(self, event: AgentEvent) -> None:
         self.emit(ChatChunk(agent_event=event))
@@ -403,7 +449,7 @@ def acp_connection(
         open_timeout=settings.timeout,
         error_for_exit=runner.error_for_exit,
         profile=profile,
-        cwd=settings.cwd or os.getcwd(),
+        cwd=os.path.abspath(settings.cwd or os.getcwd()),
         allow_tools=settings.allow_tools,
         system=settings.request([]).system_prompt(),
         model=settings.model,
