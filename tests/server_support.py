@@ -48,6 +48,8 @@ def settings(tmp_path: Path, **fields: Any) -> ServerSettings:
     fields.setdefault("sessions", tmp_path / "sessions.sqlite3")
     fields.setdefault("queue_timeout", 10.0)
     fields.setdefault("shutdown_timeout", 2.0)
+    # These suites test the one-shot path; tests/test_server_warm.py tests warm sessions.
+    fields.setdefault("max_warm", 0)
     return ServerSettings(**fields).validate()
 
 

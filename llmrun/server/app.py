@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from .security import Guard, error_parts
 from .sessions import SessionStore
 from .settings import ServerSettings
 from .turns import Engine
+from .warm import GroupRecord, WarmPool
 
 log = logging.getLogger("llmrun.server")
 
@@ -70,7 +72,7 @@ def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class ServerState:
-    """What the routes share: settings, runners, limits, sessions, runs in flight."""
+    """What the routes share: settings, runners, limits, sessions, warm processes, runs in flight."""
 
     def __init__(
         self, settings: ServerSettings, runners: Mapping[str, Runner] | None, store: SessionStore | None
@@ -81,7 +83,10 @@ class ServerState:
             settings.max_concurrency, settings.max_per_runner, settings.max_queue, settings.queue_timeout
         )
         self.store = store or SessionStore(settings.sessions)
-        self.engine = Engine(settings, self.pool, self.limiter, self.store)
+        # The record of warm process groups lives next to the sessions database.
+        record = GroupRecord(Path(self.store.path).parent / "warm") if self.store.path != ":memory:" else None
+        self.warm = WarmPool(settings, self.pool, record)
+        self.engine = Engine(settings, self.pool, self.limiter, self.store, self.warm)
         self.inflight = Inflight()
         self._ready: tuple[float, list[HealthReport]] | None = None
         self._ready_lock = asyncio.Lock()
@@ -150,9 +155,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await state.inflight.drain(0 if state.inflight.draining else settings.shutdown_timeout)
-        state.store.close()
+        await state.warm.start()
+        try:
+            yield
+            await state.inflight.drain(0 if state.inflight.draining else settings.shutdown_timeout)
+        finally:
+            await state.warm.aclose()
+            state.store.close()
 
     app = FastAPI(
         title="llmrun",
@@ -266,7 +275,7 @@ def create_app(
 
     @app.get("/v1/runners", tags=["llmrun"])
     async def runners_route() -> dict[str, Any]:
-        """Known runners: installed or not, capabilities, models; and the server's limits."""
+        """Known runners: installed or not, capabilities, models, warm sessions; and the server's limits."""
         out = []
         for name in state.pool.names():
             try:
@@ -276,8 +285,10 @@ def create_app(
                 continue
             meta = runner.metadata().model_dump()
             meta["installed"] = state.pool.installed(runner)
+            if runner.capabilities.warm:
+                meta["warm"] = state.warm.describe(runner.name)
             out.append(meta)
-        return {"object": "list", "data": out, "limits": state.limiter.stats()}
+        return {"object": "list", "data": out, "limits": {**state.limiter.stats(), **state.warm.limits()}}
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> dict[str, str]:

@@ -14,9 +14,18 @@ allowed_hosts = ["llm.internal"]  # Host names accepted besides the bound addres
 cors_origins = []                 # no CORS unless listed
 max_body_bytes = 10485760
 shutdown_timeout = 30             # on SIGTERM, in-flight runs get this long, then are cancelled
+max_warm = 8                      # live tool processes kept between turns (conversations + spares); 0: none
+warm_idle_timeout = 600           # seconds a conversation's process may sit idle before it is closed
 
 [server.aliases]
 fast = "claude_code/haiku"
+
+[server.prewarm]                  # spare started processes for new conversations; they count in max_warm
+"claude_code/sonnet" = 1          # key: RUNNER/MODEL or a runner name
+
+max_warm defaults to min(8, MemAvailable / 300 MB / 4), rounded, at least 1: a node-based
+tool takes 150-300 MB, and warm processes should not claim more than a quarter of the
+memory free when the daemon starts.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any, Literal
 
 from ..config import config_path, load_file
 from ..errors import ConfigError
+from ..process import available_memory
 
 ToolsMode = Literal["emulate", "reject"]
 
@@ -39,6 +49,23 @@ API_KEY_ENV = "LLMRUN_API_KEY"
 def default_sessions_path() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "llmrun" / "sessions.sqlite3"
+
+
+# What one warm node-based tool process may take, and the cap on the default pool size.
+WARM_PROCESS_BYTES = 300 * 1024 * 1024
+MAX_WARM_DEFAULT_CAP = 8
+
+
+def max_warm_for(available: int | None) -> int:
+    """The default max_warm for this much available memory: min(8, available / 300 MB / 4),
+    rounded, at least 1 (2 when the memory cannot be read)."""
+    if available is None:
+        return 2
+    return max(1, min(MAX_WARM_DEFAULT_CAP, round(available / WARM_PROCESS_BYTES / 4)))
+
+
+def default_max_warm() -> int:
+    return max_warm_for(available_memory())
 
 
 @dataclass
@@ -60,6 +87,12 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
     ready_cache_seconds: float = 10.0
     """How long /health/ready answers from its last checks."""
+    max_warm: int = field(default_factory=default_max_warm)
+    """Live tool processes kept between turns, conversations and spares together; 0 turns warm sessions off."""
+    warm_idle_timeout: float = 600.0
+    """Seconds a conversation's warm process may sit idle before it is closed."""
+    prewarm: dict[str, int] = field(default_factory=dict)
+    """RUNNER/MODEL (or a runner) → spare started sessions kept for new conversations."""
 
     def validate(self) -> ServerSettings:
         if self.tools not in ("emulate", "reject"):
@@ -73,6 +106,11 @@ class ServerSettings:
             raise ConfigError("queue_timeout and shutdown_timeout must not be negative")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes: expected at least 1024, got {self.max_body_bytes!r}")
+        if self.max_warm < 0:
+            raise ConfigError(f"max_warm: expected 0 or more, got {self.max_warm!r}")
+        if self.warm_idle_timeout <= 0:
+            raise ConfigError(f"warm_idle_timeout: expected a positive number, got {self.warm_idle_timeout!r}")
+        self._validate_prewarm()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0-65535, got {self.port!r}")
         if self.api_key is not None and not self.api_key.strip():
@@ -83,6 +121,20 @@ class ServerSettings:
                 hint=f"pass --api-key KEY or set {API_KEY_ENV}; without a key, bind 127.0.0.1 only",
             )
         return self
+
+    def _validate_prewarm(self) -> None:
+        for key, count in self.prewarm.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ConfigError(f"prewarm: expected RUNNER/MODEL or a runner name as key, got {key!r}")
+            if not _is_kind(count, (int,)) or count < 0:
+                raise ConfigError(f"prewarm: {key!r}: expected a count of 0 or more, got {count!r}")
+        total = sum(self.prewarm.values())
+        # Spares are warm processes too; conversations need at least one place besides them.
+        if total and total >= self.max_warm:
+            raise ConfigError(
+                f"prewarm: {total} spare session(s) leave no room for conversations within max_warm = {self.max_warm}",
+                hint="raise max_warm above the prewarm total, or prewarm fewer",
+            )
 
 
 def is_loopback(host: str) -> bool:
@@ -111,6 +163,9 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "max_body_bytes": (int,),
     "shutdown_timeout": (int, float),
     "ready_cache_seconds": (int, float),
+    "max_warm": (int,),
+    "warm_idle_timeout": (int, float),
+    "prewarm": (dict,),
 }
 
 
@@ -134,6 +189,8 @@ def load_settings(overrides: dict[str, Any] | None = None, data: dict[str, Any] 
             raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in _KINDS[key])}, got {value!r}")
         if key == "aliases" and not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f'{where}: expected a table of strings, e.g. fast = "claude_code/haiku"')
+        if key == "prewarm" and not all(_is_kind(v, (int,)) for v in value.values()):
+            raise ConfigError(f'{where}: expected a table of counts, e.g. "claude_code/sonnet" = 1')
         if key in ("allowed_hosts", "cors_origins") and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings")
         setattr(settings, key, Path(value).expanduser() if key == "sessions" else value)

@@ -3,6 +3,12 @@
 Everything a run holds (its slot, its conversation's lock, its tool process) is released
 when the run's generator ends, whether it completed, failed or was closed because the
 client went away. A conversation's session mapping is written only after a run completed.
+
+On a runner with a warm mode, a conversation's turns go to its warm session (server/warm.py),
+one live tool process sent only the new messages; a client that goes away mid-turn
+interrupts the turn and leaves the process for the next one. Requests with tools or a
+JSON schema, and turns the warm pool has no room for, run one-shot, resuming the tool's
+session by id: the mapping is written after warm turns too, so either way works.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .limits import Busy, Limiter
 from .runners import RunnerPool, Target
 from .sessions import SessionStore, StoredSession
 from .settings import ServerSettings
+from .warm import Shape, WarmEntry, WarmPool
 
 log = logging.getLogger("llmrun.server")
 
@@ -43,6 +50,22 @@ class Turn:
         return self.target.runner
 
 
+@dataclass(frozen=True)
+class WarmPlan:
+    """Which tool session a warm turn continues, and what that session holds."""
+
+    resume: str | None
+    held: int
+    cwd: str | None
+    earlier: int
+    """Messages of the request before its new ones."""
+
+    @property
+    def replay(self) -> bool:
+        """The turn sends a history that no tool session holds."""
+        return self.resume is None and self.earlier > 0
+
+
 def _emulation() -> Any:
     try:
         return importlib.import_module("llmrun.tool_emulation")
@@ -56,11 +79,14 @@ def _emulation() -> Any:
 
 
 class Engine:
-    def __init__(self, settings: ServerSettings, pool: RunnerPool, limiter: Limiter, store: SessionStore) -> None:
+    def __init__(
+        self, settings: ServerSettings, pool: RunnerPool, limiter: Limiter, store: SessionStore, warm: WarmPool
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.limiter = limiter
         self.store = store
+        self.warm = warm
         self._conversation_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     # --- admission -------------------------------------------------------------------------
@@ -161,25 +187,96 @@ class Engine:
         if turn.request.tools:
             _emulation()  # fail before taking a slot when there is no emulation
         async with self._admitted(turn):
-            request, resumed = self._resume(turn)
-            self._log_start(turn, request)
-            while True:
-                session_id: str | None = None
-                yielded = False
-                try:
-                    async with contextlib.aclosing(self._source(runner, request)) as chunks:
-                        async for chunk in chunks:
-                            session_id = chunk.session_id or session_id
-                            yielded = True
-                            yield chunk
-                except SessionNotFound:
-                    if resumed is None or yielded:
-                        raise
-                    request, resumed = self._forget(turn)
-                    continue
-                break
-            self._commit(turn, request, resumed, session_id)
+            warm = await self._warm_checkout(turn) if self.warm.serves(runner, turn.request) else None
+            try:
+                run = self._warm(turn, *warm) if warm is not None else self._cold(turn)
+                async with contextlib.aclosing(run) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            finally:
+                if warm is not None:
+                    self.warm.checkin(warm[0])
         log.info("turn done: runner=%s %.0f ms", runner.name, (time.monotonic() - started) * 1000)
+
+    async def _cold(self, turn: Turn) -> AsyncGenerator[ChatChunk, None]:
+        """A one-shot run of the tool, resuming the conversation's tool session by id."""
+        request, resumed = self._resume(turn)
+        self._log_start(turn, request)
+        while True:
+            session_id: str | None = None
+            yielded = False
+            try:
+                async with contextlib.aclosing(self._source(turn.runner, request)) as chunks:
+                    async for chunk in chunks:
+                        session_id = chunk.session_id or session_id
+                        yielded = True
+                        yield chunk
+            except SessionNotFound:
+                if resumed is None or yielded:
+                    raise
+                request, resumed = self._forget(turn)
+                continue
+            break
+        self._commit(turn, request, resumed, session_id)
+
+    # --- warm sessions ---------------------------------------------------------------------
+
+    def _warm_plan(self, turn: Turn) -> WarmPlan:
+        """The tool session to continue, judged as `_resume` judges it: an edited history starts afresh."""
+        runner, request = turn.runner, turn.request
+        conversation = request.conversation()
+        earlier = len(conversation) - len(new_turns(conversation))
+        if turn.conversation is not None:
+            live = self.warm.find(runner.name, turn.conversation)
+            stored = self.store.get(runner.name, turn.conversation) if live is None else None
+            if live is not None and earlier in (0, live.held):
+                return WarmPlan(live.session.id, live.held, request.cwd or live.shape.cwd, earlier)
+            if stored is not None and runner.capabilities.sessions and earlier in (0, stored.messages):
+                kept = stored.cwd if stored.cwd and os.path.isdir(stored.cwd) else None
+                return WarmPlan(stored.session_id, stored.messages, request.cwd or kept, earlier)
+            if live is not None or stored is not None:
+                log.info("conversation history changed (%d earlier messages): new session", earlier)
+        return WarmPlan(None, 0, request.cwd, earlier)
+
+    async def _warm_checkout(self, turn: Turn) -> tuple[WarmEntry, WarmPlan] | None:
+        plan = self._warm_plan(turn)
+        entry = await self.warm.checkout(
+            turn.runner,
+            Shape.of(turn.runner, turn.request, plan.cwd),
+            conversation=turn.conversation,
+            resume=plan.resume,
+            held=plan.held,
+            replay=plan.replay,
+        )
+        return (entry, plan) if entry is not None else None
+
+    async def _warm(self, turn: Turn, entry: WarmEntry, plan: WarmPlan) -> AsyncGenerator[ChatChunk, None]:
+        """The turn through a warm session, which stays for the conversation's next turn."""
+        self._log_start(turn, turn.request, warm=True, resumed=plan.resume is not None)
+        while True:
+            session = entry.session
+            begun = session.turns > 0 or session.settings.resume is not None
+            yielded = False
+            try:
+                async with contextlib.aclosing(session.stream(turn.request)) as chunks:
+                    async for chunk in chunks:
+                        yielded = True
+                        yield chunk
+            except SessionNotFound:
+                if plan.resume is None or yielded or turn.conversation is None:
+                    raise
+                log.info("tool session of a conversation is gone; replaying its history")
+                self.store.delete(turn.runner.name, turn.conversation)
+                plan = WarmPlan(None, 0, plan.cwd, plan.earlier)
+                await self.warm.renew(entry, None, 0, start=False)
+                continue
+            break
+        conversation = turn.request.conversation()
+        entry.held += (len(new_turns(conversation)) if begun else len(conversation)) + 1
+        session_id = entry.session.id
+        if turn.conversation is not None and session_id and turn.runner.capabilities.sessions:
+            stored = StoredSession(session_id, entry.held, entry.shape.cwd or os.getcwd())
+            self.store.put(turn.runner.name, turn.conversation, stored)
 
     async def complete(self, turn: Turn) -> ChatResponse:
         started = time.monotonic()
@@ -212,14 +309,15 @@ class Engine:
         self.store.delete(turn.runner.name, turn.conversation)
         return turn.request, None
 
-    def _log_start(self, turn: Turn, request: ChatRequest) -> None:
+    def _log_start(self, turn: Turn, request: ChatRequest, *, warm: bool = False, resumed: bool = False) -> None:
         log.info(
-            "turn: runner=%s model=%s stream=%s tools=%d resumed=%s",
+            "turn: runner=%s model=%s stream=%s tools=%d warm=%s resumed=%s",
             turn.runner.name,
             request.model or "(default)",
             turn.stream,
             len(request.tools or []),
-            request.session_id is not None,
+            warm,
+            resumed or request.session_id is not None,
         )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("prompt: %s", [m.model_dump() for m in request.messages])
