@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,16 @@ import pytest
 
 from llmrun.cli.chat import ChatOptions
 from llmrun.cli.interactive import Conversation
+from llmrun.errors import AuthenticationError
 from llmrun.runners.base import Runner
+from llmrun.sessions import Session, SessionSettings, TurnItem
 from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport
 
-from .cli_support import SESSION, THINKING_SESSION, claude_fake, private_state
-from .conftest import FakeRun, is_alive, still_alive
+from .cli_support import THINKING_SESSION, claude_fake, private_state
+from .conftest import FAKE_TOOLS, FakeRun, is_alive, still_alive
+
+# The session id in the cursor-agent transcript its fake replays.
+CURSOR_SESSION = "6f1c2a9e-3b7d-4e21-9a55-0c8d4b2e7f13"
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +39,19 @@ def state_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 @pytest.fixture
 def claude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
     yield from claude_fake(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def cursor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
+    """cursor-agent's fake: a runner that starts the tool for each turn and resumes its session.
+    (Claude Code's fake answers one-shot runs only, and Claude Code chats over a warm session.)"""
+    record = tmp_path / "record"
+    record.mkdir()
+    run = FakeRun(next(t for t in FAKE_TOOLS if t.runner == "cursor_agent"), monkeypatch, record)
+    yield run
+    for pid in run.pids():
+        if is_alive(pid):
+            os.kill(pid, 9)
 
 
 @pytest.fixture
@@ -70,14 +92,14 @@ def ended(child: pexpect.spawn) -> int:
     return int(child.exitstatus)
 
 
-# --- the conversation -----------------------------------------------------------------------
+# --- the conversation, with a tool started for each turn -----------------------------------
 
 
 def test_second_turn_resumes_the_first_ones_session(
-    claude: FakeRun, spawned: list[pexpect.spawn], state_file: Path
+    cursor: FakeRun, spawned: list[pexpect.spawn], state_file: Path
 ) -> None:
-    child = llmrun(spawned, "chat", "-r", "claude_code")
-    child.expect("Chatting with Claude Code")
+    child = llmrun(spawned, "chat", "-r", "cursor_agent")
+    child.expect("Cursor Agent starts for each turn and resumes its session")
     child.expect("> ")
     child.sendline("first question")
     child.expect("Hello from mock")
@@ -85,17 +107,19 @@ def test_second_turn_resumes_the_first_ones_session(
     child.sendline("second question")
     child.expect("Hello from mock")
     child.expect("> ")
+    child.sendline("/session")
+    child.expect(f"session: {CURSOR_SESSION}")
     child.sendline("/exit")
     assert ended(child) == 0
-    first, second = sorted(claude.invocations(), key=lambda inv: inv["argv"].count("--resume"))
-    assert "--resume" not in first["argv"] and first["stdin"] == "first question"
-    assert second["argv"][second["argv"].index("--resume") + 1] == SESSION
+    first, second = sorted(cursor.invocations(), key=lambda inv: "--resume" in " ".join(inv["argv"]))
+    assert f"--resume={CURSOR_SESSION}" not in first["argv"] and first["stdin"] == "first question"
+    assert f"--resume={CURSOR_SESSION}" in second["argv"]
     assert second["stdin"] == "second question"  # the session holds the first turn, not the prompt
-    assert json.loads(state_file.read_text())["sessions"]["claude_code"]["session_id"] == SESSION
+    assert json.loads(state_file.read_text())["sessions"]["cursor_agent"]["session_id"] == CURSOR_SESSION
 
 
-def test_clear_and_model_commands(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:
-    child = llmrun(spawned, "chat", "-r", "claude_code")
+def test_clear_and_model_commands(cursor: FakeRun, spawned: list[pexpect.spawn]) -> None:
+    child = llmrun(spawned, "chat", "-r", "cursor_agent")
     child.expect("> ")
     child.sendline("one")
     child.expect("Hello from mock")
@@ -114,32 +138,33 @@ def test_clear_and_model_commands(claude: FakeRun, spawned: list[pexpect.spawn])
     child.expect("unknown command /nonsense")
     child.sendeof()
     assert ended(child) == 0
-    invocations = wait_for_invocations(claude, 3)
+    invocations = wait_for_invocations(cursor, 3)
     by_prompt = {inv["stdin"]: inv["argv"] for inv in invocations}
-    assert by_prompt["two"][by_prompt["two"].index("--model") + 1] == "opus"
-    assert "--resume" in by_prompt["two"] and "--resume" not in by_prompt["three"]
+    assert "--model=opus" in by_prompt["two"]
+    assert f"--resume={CURSOR_SESSION}" in by_prompt["two"]  # /model keeps the conversation
+    assert not any(arg.startswith("--resume") for arg in by_prompt["three"])
     assert len(invocations) == 3  # /commands never reach the tool
 
 
-def test_ctrl_c_cancels_the_answer_and_kills_the_tool(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:
-    claude.fault("hang_after=2")
-    child = llmrun(spawned, "chat", "-r", "claude_code")
+def test_ctrl_c_cancels_the_answer_and_kills_the_tool(cursor: FakeRun, spawned: list[pexpect.spawn]) -> None:
+    cursor.fault("hang_after=2")
+    child = llmrun(spawned, "chat", "-r", "cursor_agent")
     child.expect("> ")
     child.sendline("never answered")
-    (invocation,) = wait_for_invocations(claude, 1)
+    (invocation,) = wait_for_invocations(cursor, 1)
     time.sleep(0.3)  # the fake has printed its two lines and hangs
     assert is_alive(invocation["pid"])
     child.sendintr()
     child.expect(r"answer cancelled; Ctrl-C again to leave")
     child.expect("> ")
-    assert still_alive(claude.pids()) == []
+    assert still_alive(cursor.pids()) == []
     assert child.isalive()  # the conversation goes on
     child.sendintr()
     assert ended(child) == 130
 
 
-def test_ctrl_c_at_the_prompt_asks_before_leaving(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:
-    child = llmrun(spawned, "chat", "-r", "claude_code")
+def test_ctrl_c_at_the_prompt_asks_before_leaving(cursor: FakeRun, spawned: list[pexpect.spawn]) -> None:
+    child = llmrun(spawned, "chat", "-r", "cursor_agent")
     child.expect("> ")
     child.sendintr()
     child.expect(r"Ctrl-C again to leave")
@@ -153,23 +178,23 @@ def test_ctrl_c_at_the_prompt_asks_before_leaving(claude: FakeRun, spawned: list
     assert ended(child) == 130
 
 
-def test_errors_do_not_end_the_conversation(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:
-    claude.scenario("mock-401-stream")
-    child = llmrun(spawned, "chat", "-r", "claude_code")
+def test_errors_do_not_end_the_conversation(cursor: FakeRun, spawned: list[pexpect.spawn]) -> None:
+    cursor.scenario("noauth")
+    child = llmrun(spawned, "chat", "-r", "cursor_agent")
     child.expect("> ")
     child.sendline("hi")
-    child.expect("llmrun: AuthenticationError: Invalid API key")
+    child.expect("llmrun: AuthenticationError: Authentication required")
     child.expect("> ")
     child.sendline("/exit")
     assert ended(child) == 0
 
 
 def test_continue_opens_the_conversation_on_the_last_session(
-    claude: FakeRun, spawned: list[pexpect.spawn], state_file: Path
+    cursor: FakeRun, spawned: list[pexpect.spawn], state_file: Path
 ) -> None:
     state_file.parent.mkdir(parents=True)
     state_file.write_text(
-        json.dumps({"last_runner": "claude_code", "sessions": {"claude_code": {"session_id": "s-1"}}})
+        json.dumps({"last_runner": "cursor_agent", "sessions": {"cursor_agent": {"session_id": "s-1"}}})
     )
     child = llmrun(spawned, "chat", "--continue")
     child.expect("Continuing session s-1")
@@ -177,8 +202,69 @@ def test_continue_opens_the_conversation_on_the_last_session(
     child.expect("Hello from mock")
     child.sendline("/exit")
     assert ended(child) == 0
-    (invocation,) = claude.invocations()
-    assert invocation["argv"][invocation["argv"].index("--resume") + 1] == "s-1"
+    (invocation,) = cursor.invocations()
+    assert "--resume=s-1" in invocation["argv"]
+
+
+# --- a warm Claude Code session, end to end -------------------------------------------------
+
+WARM_TRANSCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "claude" / "stream-input-interrupt"
+
+# Stands in for `claude --input-format stream-json`: for each line it reads, it prints what the
+# real claude printed after that line (fixtures/claude/README.md), and it notes its pid.
+REPLAYING_CLAUDE = """\
+#!{python}
+import json, os, sys
+base = os.environ["CLAUDE_REPLAY"]
+turns = json.load(open(base + ".turns.json"))
+out = open(base + ".stdout", "rb").read().split(b"\\n")
+with open(os.environ["CLAUDE_REPLAY_PIDS"], "a") as fh:
+    fh.write(f"{{os.getpid()}}\\n")
+def show(lines):
+    for line in out[lines[0]:lines[1]]:
+        sys.stdout.buffer.write(line + b"\\n")
+    sys.stdout.flush()
+for i, _ in enumerate(sys.stdin.buffer):
+    if i < len(turns["turns"]):
+        show(turns["turns"][i]["stdout"])
+show(turns["stdin_eof"]["stdout"])
+sys.exit(turns["exit"])
+"""
+
+
+def test_one_claude_process_answers_every_turn_and_survives_ctrl_c(
+    spawned: list[pexpect.spawn], tmp_path: Path
+) -> None:
+    if not WARM_TRANSCRIPT.with_suffix(".turns.json").exists():
+        pytest.skip("no recorded warm claude session")
+    claude = tmp_path / "claude"
+    claude.write_text(REPLAYING_CLAUDE.format(python=sys.executable))
+    claude.chmod(0o755)
+    pids = tmp_path / "pids"
+    child = llmrun(
+        spawned,
+        "chat",
+        "-r",
+        "claude_code",
+        LLMRUN_CLAUDE_CODE_BIN=str(claude),
+        CLAUDE_REPLAY=str(WARM_TRANSCRIPT),
+        CLAUDE_REPLAY_PIDS=str(pids),
+    )
+    child.expect("one Claude Code process for the whole conversation")
+    child.expect("> ")
+    child.sendline("Count slowly to six")
+    child.expect("one ")  # the recorded answer stops here until it is interrupted
+    child.sendintr()
+    child.expect(r"answer cancelled; Ctrl-C again to leave")
+    child.expect("> ")
+    child.sendline("Say hello")
+    child.expect("Hello again.")
+    child.expect("> ")
+    (pid,) = [int(line) for line in pids.read_text().split()]  # one process for both turns
+    assert is_alive(pid)
+    child.sendline("/exit")
+    assert ended(child) == 0
+    assert still_alive([pid]) == []
 
 
 # --- one answer on a terminal ---------------------------------------------------------------
@@ -221,7 +307,192 @@ def test_json_without_a_prompt_on_a_terminal_is_a_usage_error(claude: FakeRun, s
     assert ended(child) == 2
 
 
-# --- history for runners without sessions ---------------------------------------------------
+# --- one session for the whole conversation, in process ------------------------------------
+
+
+def ctrl_c() -> None:
+    """What pressing Ctrl-C does: SIGINT to the main thread, which reads the keyboard."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+class WarmDouble(Session):
+    """A warm session without a tool. It records what happens to it in `events`; the prompt
+    "hang" presses Ctrl-C mid-answer, and "hang twice" presses it again once interrupted."""
+
+    warm = True
+
+    def __init__(self, runner: WarmRunner, settings: SessionSettings) -> None:
+        super().__init__(runner, settings)
+        self.new_id = f"s-{len(runner.sessions) + 1}"
+        self.fail_start: Exception | None = runner.fail_start
+        self.events: list[str] = []
+        self.running = False
+        self.prompt = ""
+
+    async def start(self) -> None:
+        self._run()
+
+    def _run(self) -> None:
+        if self.fail_start is not None:
+            error, self.fail_start = self.fail_start, None
+            raise error
+        if not self.running:
+            self.running = True
+            self.events.append("start")
+
+    async def _begin(self, request: ChatRequest) -> asyncio.Queue[TurnItem]:
+        self._run()
+        self.prompt = request.messages[-1].text
+        self.events.append(f"turn {self.prompt}")
+        queue: asyncio.Queue[TurnItem] = asyncio.Queue()
+        queue.put_nowait(ChatChunk(delta=f"answer to {self.prompt}"))
+        if self.prompt.startswith("hang"):
+            asyncio.get_running_loop().call_soon(ctrl_c)
+        else:
+            queue.put_nowait(ChatChunk(finish_reason="stop", session_id=self.id or self.new_id))
+        return queue
+
+    async def _stop_turn(self) -> None:
+        self.events.append("interrupt")
+        if self.prompt == "hang twice":
+            ctrl_c()
+        elif self._queue is not None:
+            self._queue.put_nowait(ChatChunk(finish_reason="stop", session_id=self.id or self.new_id))
+
+    def _abandon(self, queue: asyncio.Queue[TurnItem]) -> None:
+        self.events.append("abandon")
+
+    async def _kill(self) -> None:
+        self.running = False
+
+    async def _shutdown(self) -> None:
+        self.events.append("aclose")
+        self.running = False
+
+
+class WarmRunner(Runner):
+    """A warm runner whose sessions are WarmDoubles; it has no one-shot runs."""
+
+    name = "warm"
+    display_name = "Warm Tool"
+    default_model = "m"
+    capabilities = Capabilities(sessions=True, warm=True)
+
+    def __init__(self, fail_start: Exception | None = None) -> None:
+        self.sessions: list[WarmDouble] = []
+        self.fail_start = fail_start
+
+    def session(self, **settings: Any) -> Session:
+        session = WarmDouble(self, SessionSettings(**settings))
+        self.sessions.append(session)
+        return session
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        raise AssertionError("a conversation asks its session, never the runner")
+        yield ChatChunk()  # pragma: no cover - makes this a generator
+
+    async def health(self, probe: bool = False) -> HealthReport:
+        return HealthReport(runner=self.name, status="ok")
+
+
+@pytest.fixture
+def typing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The lines the user types, in order; "^C" is Ctrl-C at the prompt, and after the last
+    line comes Ctrl-D."""
+    lines: list[str] = []
+
+    def fake_input(prompt: str = "") -> str:
+        if not lines:
+            raise EOFError
+        line = lines.pop(0)
+        if line == "^C":
+            raise KeyboardInterrupt
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    return lines
+
+
+def chat(runner: Runner, typing: list[str], *lines: str, session_id: str | None = None) -> tuple[int, str, str]:
+    """Run the conversation on what the user types: (exit code, stdout, stderr)."""
+    typing.extend(lines)
+    out, err = StringIO(), StringIO()
+    code = Conversation(runner, ChatOptions(), session_id, out=out, err=err).loop()
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_tool_starts_before_the_first_message_and_stops_on_leaving(typing: list[str]) -> None:
+    runner = WarmRunner()
+    code, _, err = chat(runner, typing)  # Ctrl-D at once
+    assert code == 0
+    assert "one Warm Tool process for the whole conversation" in err
+    (session,) = runner.sessions
+    assert session.events == ["start", "aclose"]
+
+
+def test_every_turn_goes_to_the_same_warm_session(typing: list[str], state_file: Path) -> None:
+    runner = WarmRunner()
+    code, out, err = chat(runner, typing, "one", "two", "/session", "/exit")
+    assert code == 0
+    assert "answer to one" in out and "answer to two" in out
+    (session,) = runner.sessions
+    assert session.events == ["start", "turn one", "turn two", "aclose"]
+    assert "(session: s-1)" in err
+    assert json.loads(state_file.read_text())["sessions"]["warm"]["session_id"] == "s-1"
+
+
+def test_clear_and_model_reopen_the_session(typing: list[str]) -> None:
+    runner = WarmRunner()
+    chat(runner, typing, "one", "/model big", "two", "/clear", "three")
+    first, second, third = runner.sessions
+    assert first.events == ["start", "turn one", "aclose"]
+    # /model continues the conversation with the new model; /clear starts a new one.
+    assert (second.settings.model, second.settings.resume) == ("big", "s-1")
+    assert second.events == ["start", "turn two", "aclose"]
+    assert (third.settings.model, third.settings.resume) == ("big", None)
+    assert third.events == ["start", "turn three", "aclose"]
+
+
+@pytest.mark.parametrize("leave", [["/exit"], [], ["^C", "^C"]], ids=["/exit", "Ctrl-D", "Ctrl-C twice"])
+def test_leaving_closes_the_session(typing: list[str], leave: list[str]) -> None:
+    runner = WarmRunner()
+    code, _, _ = chat(runner, typing, "one", *leave)
+    assert code == (130 if leave == ["^C", "^C"] else 0)
+    (session,) = runner.sessions
+    assert session.events[-1] == "aclose" and session.closed
+
+
+def test_ctrl_c_interrupts_the_answer_and_the_session_goes_on(typing: list[str]) -> None:
+    runner = WarmRunner()
+    code, out, err = chat(runner, typing, "hang", "two", "/exit")
+    assert code == 0
+    assert "(answer cancelled; Ctrl-C again to leave)" in err
+    assert "answer to two" in out
+    (session,) = runner.sessions
+    assert session.events == ["start", "turn hang", "interrupt", "turn two", "aclose"]
+
+
+def test_a_second_ctrl_c_during_the_answer_leaves(typing: list[str]) -> None:
+    runner = WarmRunner()
+    code, _, err = chat(runner, typing, "hang twice", "never read")
+    assert code == 130
+    assert "(answer cancelled)" in err
+    (session,) = runner.sessions
+    assert session.events == ["start", "turn hang twice", "interrupt", "abandon", "aclose"]
+    assert typing == ["never read"]
+
+
+def test_a_tool_that_fails_to_start_fails_the_first_turn(typing: list[str]) -> None:
+    runner = WarmRunner(fail_start=AuthenticationError("not logged in", runner="warm"))
+    code, out, err = chat(runner, typing, "one", "two")
+    assert code == 0
+    assert err.count("AuthenticationError: not logged in") == 1
+    assert "answer to one" not in out and "answer to two" in out
+    (session,) = runner.sessions
+    assert session.events == ["start", "turn two", "aclose"]
+
+
+# --- a tool started for each turn: its session resumed, or the history sent again ------------
 
 
 class Recording(Runner):
@@ -246,11 +517,9 @@ class Recording(Runner):
 
 
 def converse(runner: Recording, *turns: str) -> None:
-    from io import StringIO
-
-    conversation = Conversation(runner, ChatOptions(), out=StringIO(), err=StringIO())
-    for text in turns:
-        conversation.turn(text)
+    with Conversation(runner, ChatOptions(), out=StringIO(), err=StringIO()) as conversation:
+        for text in turns:
+            conversation.turn(text)
 
 
 @pytest.mark.parametrize("sessions", [False, True], ids=["no sessions", "session not reported"])
@@ -274,6 +543,22 @@ def test_with_a_session_only_the_new_turn_is_sent(state_file: Path) -> None:
     assert [m.text for m in runner.requests[1].messages] == ["two"]
     assert runner.requests[1].session_id == THINKING_SESSION
     assert json.loads(state_file.read_text())["sessions"]["recording"]["session_id"] == THINKING_SESSION
+
+
+def test_another_model_keeps_the_history(typing: list[str]) -> None:
+    runner = Recording(sessions=False)
+    code, _, err = chat(runner, typing, "one", "/model other", "two")
+    assert code == 0
+    assert "Recording starts for each turn and is sent the history" in err
+    last = runner.requests[-1]
+    assert last.model == "other"
+    assert [m.text for m in last.messages] == ["one", "answer 1", "two"]
+
+
+def test_clear_forgets_the_history(typing: list[str]) -> None:
+    runner = Recording(sessions=False)
+    chat(runner, typing, "one", "/clear", "two")
+    assert [m.text for m in runner.requests[-1].messages] == ["two"]
 
 
 def test_health_shows_progress_on_a_terminal(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
@@ -40,11 +40,11 @@ class ChatOptions:
     markdown: bool = False
     usage: bool = False
 
-    def request(self, text: str, *, session_id: str | None, history: list[Any] | None = None) -> ChatRequest:
+    def request(self, text: str, *, session_id: str | None) -> ChatRequest:
         from ..types import Message
 
         return ChatRequest(
-            messages=[*(history or []), Message.user(text)],
+            messages=[Message.user(text)],
             model=self.model,
             system=self.system,
             timeout=self.timeout,
@@ -199,7 +199,7 @@ def run(
         return Conversation(runner, opts, session_id).loop()
     assert text is not None
     request = opts.request(text, session_id=session_id)
-    response = run_interruptible(answer(runner, request, opts))
+    response = run_interruptible(answer(runner, runner.stream(request), opts, model=request.model))
     if response.session_id:
         state.remember(runner.name, response.session_id, opts.model)
     return 0
@@ -210,43 +210,50 @@ def label_for(runner: Runner, model: str | None) -> str:
 
 
 async def answer(
-    runner: Runner, request: ChatRequest, opts: ChatOptions, out: TextIO | None = None, err: TextIO | None = None
+    runner: Runner,
+    chunks: AsyncGenerator[ChatChunk, None],
+    opts: ChatOptions,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    model: str | None = None,
 ) -> ChatResponse:
-    """Ask once and show the answer the way `opts` says; the response is returned."""
+    """Show one answer, from its chunks (a runner's or a session's stream), the way `opts`
+    says; the response is returned. The stream is closed however the answer ends."""
     out = out or sys.stdout
     err = err or sys.stderr
     machine = opts.as_json or opts.as_jsonl
+    whole = opts.as_json or opts.no_stream  # shown once complete, like runner.complete()
     printer = render.ChatPrinter(
         out,
         err,
-        label=label_for(runner, request.model),
+        label=label_for(runner, model),
         show_text=not machine,
         show_thinking=opts.show_thinking,
         markdown=opts.markdown,
     )
     started = time.monotonic()
+    collected: list[ChatChunk] = []
     printer.start()
     try:
-        if opts.as_json or opts.no_stream:
-            response = await runner.complete(request)
-            if opts.as_json:
-                printer.finish()
-                out.write(response.model_dump_json() + "\n")
-                out.flush()
-            else:
-                printer.whole(response)
-        else:
-            chunks: list[ChatChunk] = []
-            async with aclosing(runner.stream(request)) as stream:
-                async for chunk in stream:
-                    chunks.append(chunk)
-                    printer.chunk(chunk)
-                    if opts.as_jsonl:
-                        out.write(chunk.model_dump_json(exclude_defaults=True) + "\n")
-                        out.flush()
-            response = ChatResponse.from_chunks(
-                chunks, runner=runner.name, duration_ms=int((time.monotonic() - started) * 1000)
-            )
+        async with aclosing(chunks) as stream:
+            async for chunk in stream:
+                collected.append(chunk)
+                if whole:
+                    continue
+                printer.chunk(chunk)
+                if opts.as_jsonl:
+                    out.write(chunk.model_dump_json(exclude_defaults=True) + "\n")
+                    out.flush()
+        response = ChatResponse.from_chunks(
+            collected, runner=runner.name, duration_ms=int((time.monotonic() - started) * 1000)
+        )
+        if opts.as_json:
+            printer.finish()
+            out.write(response.model_dump_json() + "\n")
+            out.flush()
+        elif opts.no_stream:
+            printer.whole(response)
     finally:
         printer.finish()
     if opts.usage:
