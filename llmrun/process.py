@@ -506,3 +506,64 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 def strip_ansi(text: str) -> str:
     """Terminal escapes (colours, cursor moves, titles) out; CRLF from a pty back to LF."""
     return _ANSI.sub("", text).replace("\r\n", "\n")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (after the command name, which may hold spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (field 22 of /proc/<pid>/stat).
+
+    A pid and its start time name one process for good: a reused pid has a later start.
+    """
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of a live process (field 5 of /proc/<pid>/stat)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return None
+    try:
+        return int(fields[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def kill_recorded_group(pgid: int, members: list[tuple[int, int]]) -> bool:
+    """SIGKILL process group `pgid` if one of its recorded `members` (pid, start time) is
+    still that very process and still in the group. That proves the group is the recorded
+    one: a group id stays taken while any member lives. A pid reused since proves nothing."""
+    for pid, started in members:
+        if start_time(pid) == started and process_group(pid) == pgid:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+    return False
+
+
+def available_memory() -> int | None:
+    """Memory the system can give to new processes without swapping (MemAvailable), in bytes."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None

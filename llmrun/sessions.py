@@ -22,7 +22,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from .errors import InvalidRequest, RunnerError, RunnerTimeout, UnsupportedFeature
+from .errors import InvalidRequest, ProcessFailed, RunnerError, RunnerTimeout, UnsupportedFeature
 from .prompting import new_turns
 from .types import ChatChunk, ChatRequest, ChatResponse, Message
 
@@ -107,10 +107,19 @@ class Session(ABC):
             if self._closed:
                 raise InvalidRequest("the session is closed", runner=self.runner.name)
             await self._settle()
-            now = time.monotonic()
-            turn = _Turn(now, request.timeout, self._stall_timeout(request), now)
-            queue = await self._begin(request)
-            self._turn, self._queue = turn, queue
+            turn = _Turn(0.0, request.timeout, self._stall_timeout(request), 0.0)
+            self._turn = turn  # from here on, interrupt() applies to this turn
+            try:
+                queue = await self._begin(request)
+            except BaseException:
+                self._turn = None
+                raise
+            # A tool's start-up has its own limit: the turn's limits count from here.
+            turn.started = turn.last_output = time.monotonic()
+            self._queue = queue
+            if turn.interrupted_at is not None:
+                turn.interrupted_at = turn.started
+                await self._stop_turn()  # interrupted while the tool was starting
             ended = False
             answered = False
             try:
@@ -158,7 +167,8 @@ class Session(ABC):
         if turn is None or turn.interrupted_at is not None:
             return
         turn.interrupted_at = time.monotonic()
-        await self._stop_turn()
+        if self._queue is not None:  # else the turn is still starting: stopped once it has begun
+            await self._stop_turn()
 
     async def aclose(self) -> None:
         """End the session; no process of it is left running."""
@@ -229,7 +239,7 @@ class Session(ABC):
                 )
             # A caller may send its whole history each turn; the tool already holds all but
             # the new part once the conversation has begun.
-            begun = self.turns > 0 or self.id is not None
+            begun = self.turns > 0 or self.settings.resume is not None
             messages = new_turns(prompt.messages) if begun else prompt.conversation()
             limits = {
                 key: value
@@ -363,19 +373,31 @@ class WarmSession(Session):
         if connection is not None:
             self._connection = None
             await connection.close()  # reap what is left of the dead one
-        connection = self.runner.warm_connection(self.settings, resume=self.id)  # type: ignore[attr-defined]
+        connection = self.runner.warm_connection(self.settings, resume=self.id)
+        self._connection = connection  # so that aclose() during the start stops it too
         try:
             await connection.open()
         except BaseException:
+            self._connection = None
             await connection.close()
             raise
-        self._connection = connection
         self.id = connection.session_id or self.id
         return connection
 
     async def _begin(self, request: ChatRequest) -> asyncio.Queue[TurnItem]:
+        if request.messages and any(m.images for m in request.messages) and not self.runner.capabilities.images:
+            raise UnsupportedFeature(f"{self.runner.display_name} does not take images", runner=self.runner.name)
         connection = await self._connected()
         self._fresh = connection.turns_sent == 0
+        try:
+            return await connection.begin_turn(request)
+        except ProcessFailed:
+            if self._fresh:
+                raise
+        # The tool died between turns and its input is closed: start afresh, resumed.
+        await self._kill()
+        connection = await self._connected()
+        self._fresh = True
         return await connection.begin_turn(request)
 
     async def _restarted(self, error: RunnerError) -> bool:

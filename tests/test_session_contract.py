@@ -35,6 +35,8 @@ def prompts_sent(fake: FakeRun, pid: int) -> list[str]:
             texts.append(" ".join(block.get("text", "") for block in message["message"]["content"]))
         elif message.get("method") == "session/prompt":  # ACP
             texts.append(" ".join(block.get("text", "") for block in message["params"]["prompt"]))
+        elif message.get("method") == "turn/start":  # codex's app server
+            texts.append(" ".join(block.get("text", "") for block in message["params"]["input"]))
     return texts
 
 
@@ -43,7 +45,8 @@ def continues(fake: FakeRun, invocation: dict, session_id: str | None, earlier: 
     or it was given the earlier turns again."""
     argv = " ".join(invocation["argv"])
     loaded = any(
-        message.get("method") == "session/load" and message["params"].get("sessionId") == session_id
+        message.get("method") in ("session/load", "thread/resume")
+        and session_id in (message["params"].get("sessionId"), message["params"].get("threadId"))
         for message in received(fake, invocation["pid"])
     )
     return (bool(session_id) and (session_id in argv or loaded)) or earlier in invocation["stdin"] + argv
@@ -177,12 +180,12 @@ async def test_a_hung_turn_times_out_and_the_next_turn_starts_afresh(fake: FakeR
     warm = runner.capabilities.warm
     if warm:
         fake.fault("hang_turn=2,grandchild")  # read when the process starts
-    async with runner.session(stall_timeout=1) as session:
+    async with runner.session() as session:
         await session.complete("My name is Ann")
         if not warm:
             fake.fault("hang_after=1,grandchild")
         with pytest.raises(llmrun.RunnerTimeout) as caught:
-            await session.complete("What is my name?")
+            await session.complete(llmrun.ChatRequest.of("What is my name?", stall_timeout=1))
         assert "stall" in str(caught.value)
         assert caught.value.runner == runner.name
         assert still_alive(fake.pids(), within=5) == []  # the hung process and its child are gone

@@ -61,7 +61,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process
 from ..errors import (
@@ -78,6 +78,10 @@ from ..errors import (
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
 from .base import CliRunner, Parser, json_object
+
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+    from ..transports.base import WarmConnection
 
 LOGIN_HINT = (
     "run `codex login`, or set CODEX_API_KEY (`printenv OPENAI_API_KEY | codex login --with-api-key` "
@@ -375,6 +379,7 @@ class CodexRunner(CliRunner):
         thinking=True,
         agent_tools=True,
         sessions=True,
+        warm=True,
         system_prompt=True,
         images=True,
         json_schema=True,
@@ -458,6 +463,31 @@ class CodexRunner(CliRunner):
             env_remove=self.env_remove,
             cwd=request.cwd,
             temp_files=temp_files,
+        )
+
+    def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.codex_app_server import CodexAppServer
+
+        request = settings.request([])
+        invocation = self.prepared_invocation(request)
+        # The `-c` settings before `exec` (tools off, system prompt, retries) hold for the app
+        # server too; what `exec` took as flags goes into the thread's parameters.
+        invocation.argv = [*invocation.argv[: invocation.argv.index("exec")], "app-server"]
+        thread: dict[str, Any] = {"cwd": os.path.abspath(settings.cwd or os.getcwd()), "approvalPolicy": "never"}
+        user_args = [*self.extra_args, *(str(a) for a in request.options.get("extra_args", []))]
+        if sandbox := self._sandbox(request, user_args):
+            thread["sandbox"] = sandbox
+        if model := self.model_for(request):
+            thread["model"] = model
+        return CodexAppServer(
+            invocation,
+            runner=self.name,
+            display_name=self.display_name,
+            resume=resume,
+            open_timeout=settings.timeout,
+            error_for_exit=self.error_for_exit,
+            thread=thread,
+            error_from_message=error_from_message,
         )
 
     def _sandbox(self, request: ChatRequest, user_args: list[str]) -> str | None:
