@@ -15,6 +15,8 @@ import contextlib
 import itertools
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -562,3 +564,71 @@ def children() -> list[int]:
         if fields[1] == me and fields[0] not in ("Z", "X"):
             found.append(int(entry))
     return found
+
+
+# --- a daemon killed with SIGKILL ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_daemon_killed_with_sigkill_leaves_no_warm_process(tmp_path: Path) -> None:
+    """`llmrun serve` in its own process, a conversation on the fake claude's warm mode whose
+    turn hangs (so the tool reads no more input and would not notice its stdin closing), then
+    kill -9 of the daemon: the tool dies with it (PR_SET_PDEATHSIG), not at some later start."""
+    from .conftest import FAKE_BIN, still_alive
+
+    record = tmp_path / "record"
+    record.mkdir()
+    env = {
+        **os.environ,
+        "LLMRUN_CLAUDE_CODE_BIN": str(FAKE_BIN / "claude"),
+        "LLMRUN_FAKE_RECORD": str(record),
+        "LLMRUN_FAKE_FAULT": "hang_turn=1",
+        "LLMRUN_CONFIG": str(tmp_path / "no-config.toml"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+    }
+    port = _free_port()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "llmrun", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for _ in range(600):  # the daemon's start-up, bounded
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            body = {"model": "claude_code", "messages": [{"role": "user", "content": "My name is Ann"}]}
+            turn = asyncio.ensure_future(
+                client.post("/v1/chat/completions", json=body, headers={"X-Llmrun-Session": "c1"})
+            )
+            received = record.glob("received-*.jsonl")
+            for _ in range(600):  # until the tool has the turn, bounded
+                if any(path.read_text().strip() for path in received):
+                    break
+                await asyncio.sleep(0.1)
+                received = record.glob("received-*.jsonl")
+            (invocation,) = [json.loads(p.read_text()) for p in record.glob("invocation-*.json")]
+            tool = invocation["pid"]
+            assert "--input-format" in invocation["argv"]  # the warm mode
+            assert still_alive([tool], within=0) == [tool]
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(timeout=30)
+            with contextlib.suppress(httpx.TransportError):
+                await turn
+        assert still_alive([tool], within=30) == []
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=30)
