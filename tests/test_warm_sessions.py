@@ -148,6 +148,15 @@ def test_acp_error_codes_and_texts_map_to_types() -> None:
     assert str(embedded) == "API key not valid."
 
 
+async def test_an_answer_outside_the_protocol_is_a_typed_error(acp_fake: FakeRun) -> None:
+    acp_fake.fault("bad_answer")
+    async with acp_fake.runner().session() as session:
+        with pytest.raises(llmrun.OutputParseError, match="outside the protocol") as caught:
+            await session.complete("Say hi")
+        assert caught.value.runner == acp_fake.tool.runner
+    assert still_alive(acp_fake.pids()) == []
+
+
 # --- resuming ----------------------------------------------------------------------------
 
 
