@@ -43,8 +43,7 @@ def claude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]
 
 @pytest.fixture
 def cursor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
-    """cursor-agent's fake: a runner that starts the tool for each turn and resumes its session.
-    (Claude Code's fake answers one-shot runs only, and Claude Code chats over a warm session.)"""
+    """cursor-agent's fake: a runner that starts the tool for each turn and resumes its session."""
     record = tmp_path / "record"
     record.mkdir()
     run = FakeRun(next(t for t in FAKE_TOOLS if t.runner == "cursor_agent"), monkeypatch, record)
@@ -208,63 +207,27 @@ def test_continue_opens_the_conversation_on_the_last_session(
 
 # --- a warm Claude Code session, end to end -------------------------------------------------
 
-WARM_TRANSCRIPT = Path(__file__).resolve().parent.parent / "fixtures" / "claude" / "stream-input-interrupt"
-
-# Stands in for `claude --input-format stream-json`: for each line it reads, it prints what the
-# real claude printed after that line (fixtures/claude/README.md), and it notes its pid.
-REPLAYING_CLAUDE = """\
-#!{python}
-import json, os, sys
-base = os.environ["CLAUDE_REPLAY"]
-turns = json.load(open(base + ".turns.json"))
-out = open(base + ".stdout", "rb").read().split(b"\\n")
-with open(os.environ["CLAUDE_REPLAY_PIDS"], "a") as fh:
-    fh.write(f"{{os.getpid()}}\\n")
-def show(lines):
-    for line in out[lines[0]:lines[1]]:
-        sys.stdout.buffer.write(line + b"\\n")
-    sys.stdout.flush()
-for i, _ in enumerate(sys.stdin.buffer):
-    if i < len(turns["turns"]):
-        show(turns["turns"][i]["stdout"])
-show(turns["stdin_eof"]["stdout"])
-sys.exit(turns["exit"])
-"""
-
 
 def test_one_claude_process_answers_every_turn_and_survives_ctrl_c(
-    spawned: list[pexpect.spawn], tmp_path: Path
+    claude: FakeRun, spawned: list[pexpect.spawn]
 ) -> None:
-    if not WARM_TRANSCRIPT.with_suffix(".turns.json").exists():
-        pytest.skip("no recorded warm claude session")
-    claude = tmp_path / "claude"
-    claude.write_text(REPLAYING_CLAUDE.format(python=sys.executable))
-    claude.chmod(0o755)
-    pids = tmp_path / "pids"
-    child = llmrun(
-        spawned,
-        "chat",
-        "-r",
-        "claude_code",
-        LLMRUN_CLAUDE_CODE_BIN=str(claude),
-        CLAUDE_REPLAY=str(WARM_TRANSCRIPT),
-        CLAUDE_REPLAY_PIDS=str(pids),
-    )
+    # The fake claude replays its captured stream-json input session, one line every 0.3 s.
+    child = llmrun(spawned, "chat", "-r", "claude_code", LLMRUN_FAKE_DELAY="0.3")
     child.expect("one Claude Code process for the whole conversation")
     child.expect("> ")
-    child.sendline("Count slowly to six")
-    child.expect("one ")  # the recorded answer stops here until it is interrupted
+    child.sendline("My name is Ann")
+    child.expect("Nice to ")  # the answer has begun
     child.sendintr()
     child.expect(r"answer cancelled; Ctrl-C again to leave")
     child.expect("> ")
-    child.sendline("Say hello")
-    child.expect("Hello again.")
+    child.sendline("What is my name?")
+    child.expect("Your name is Ann.")
     child.expect("> ")
-    (pid,) = [int(line) for line in pids.read_text().split()]  # one process for both turns
-    assert is_alive(pid)
+    (invocation,) = claude.invocations()  # one process for both turns
+    assert "--input-format" in invocation["argv"] and is_alive(invocation["pid"])
     child.sendline("/exit")
     assert ended(child) == 0
-    assert still_alive([pid]) == []
+    assert still_alive([invocation["pid"]]) == []
 
 
 # --- one answer on a terminal ---------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Claude Code's streaming input: one `claude -p --input-format stream-json` process per session.
 
-Each turn is a `user` message written as one JSON line on stdin; the tool answers with the
+The session opens with an `initialize` control request, which the tool answers once it is
+ready. Each turn is a `user` message written as one JSON line on stdin; the tool answers with the
 same stream-json events as a one-shot run, ending the turn with a `result` event, and
 keeps the conversation in memory for the next line. An interrupt is a `control_request`
 of subtype `interrupt`, answered by a `control_response`; the turn then ends with its
@@ -32,12 +33,26 @@ class StreamJsonInput(WarmConnection):
         self.new_parser = new_parser
         self._parser: StreamJsonParser | None = None
         self._reader: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._requests = 0
+        self._initialize_id = ""
         self._cost_so_far = 0.0
 
     async def handshake(self) -> None:
-        # The tool says nothing until it is sent a message; reading starts now so that
-        # nothing it prints (or its early exit) is missed.
+        # The tool answers an `initialize` control request once it is ready to take a
+        # message, so a pre-warmed session is ready when start() returns, not merely spawned.
         self._reader = asyncio.ensure_future(self._read())
+        self._ready = asyncio.get_running_loop().create_future()
+        assert self.child is not None
+        await self.child.send(_line(self._control("initialize", hooks=None)))
+        await self._ready
+
+    def _control(self, subtype: str, **fields: Any) -> dict[str, Any]:
+        self._requests += 1
+        request_id = f"req_{self._requests}_{uuid.uuid4().hex[:8]}"
+        if subtype == "initialize":
+            self._initialize_id = request_id
+        return {"type": "control_request", "request_id": request_id, "request": {"subtype": subtype, **fields}}
 
     async def send_turn(self, request: ChatRequest) -> None:
         if request.json_schema is not None:
@@ -55,22 +70,19 @@ class StreamJsonInput(WarmConnection):
     async def interrupt(self) -> None:
         if self.child is None or not self.alive:
             return
-        request = {
-            "type": "control_request",
-            "request_id": f"req_{uuid.uuid4().hex[:12]}",
-            "request": {"subtype": "interrupt"},
-        }
         with contextlib.suppress(Exception):  # a tool that has gone ends the turn by its exit
-            await self.child.send(_line(request))
+            await self.child.send(_line(self._control("interrupt")))
 
     async def _read(self) -> None:
         async for line in self.lines():
-            parser = self._parser
-            if parser is None:
-                continue  # between turns (a control_response, say): nothing to answer
             event = json_object(line)
-            if event is not None and event.get("type") in ("control_response", "control_request"):
+            kind = event.get("type") if event is not None else None
+            if kind == "control_response":
+                self._answered(event or {})
                 continue
+            parser = self._parser
+            if parser is None or kind == "control_request":
+                continue  # between turns, or a request of the tool's own that llmrun does not serve
             for chunk in parser.feed(line):
                 if chunk.cost_usd is not None:
                     chunk = chunk.model_copy(update={"cost_usd": self._turn_cost(chunk.cost_usd)})
@@ -81,6 +93,13 @@ class StreamJsonInput(WarmConnection):
                 if parser.error is not None:
                     self.emit(parser.error)
 
+    def _answered(self, event: dict[str, Any]) -> None:
+        """A control response: the one to `initialize` says the tool is ready, whatever its
+        subtype (a tool too old to know `initialize` still says so by answering)."""
+        response = event.get("response") or {}
+        if response.get("request_id") == self._initialize_id and self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
     def _turn_cost(self, total: float) -> float:
         """The tool reports the cost of its whole process so far; a turn costs the difference."""
         cost = max(0.0, total - self._cost_so_far)
@@ -89,6 +108,8 @@ class StreamJsonInput(WarmConnection):
 
     def on_exit(self) -> None:
         self._parser = None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(self.exit_error())
 
     async def close(self) -> None:
         await super().close()
