@@ -64,9 +64,11 @@ sys.path.insert(1, str(ROOT / "tests"))  # the mock APIs and the env builders of
 
 from mock_gemini import MockGemini  # noqa: E402
 from mock_openai_chat import MockOpenAIChat  # noqa: E402
+from mock_responses import MockResponses, codex_provider_args  # noqa: E402
 from mockapi import MockAnthropic  # noqa: E402
 from realcli import (  # noqa: E402
     claude_env,
+    codex_env,
     copilot_env,
     gemini_env,
     loopback_only,
@@ -90,11 +92,19 @@ class Spec:
     binary: str
     mock: Callable[[], Any]
     env: Callable[[Path, Any], dict[str, str]]
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Callable[[Any], dict[str, Any]] = lambda api: {}
+    """The runner's settings, given the mock (codex is pointed at it by `-c` options)."""
 
 
 SPECS = [
     Spec("claude_code", "claude", MockAnthropic, lambda home, api: claude_env(home, api.url)),
+    Spec(
+        "codex",
+        "codex",
+        MockResponses,
+        lambda home, api: codex_env(home),
+        lambda api: {"extra_args": codex_provider_args(api.url)},
+    ),
     Spec(
         "gemini",
         "gemini",
@@ -106,7 +116,7 @@ SPECS = [
         "qwen",
         MockOpenAIChat,
         lambda home, api: qwen_env(home, api.base_url),
-        {"extra_args": ["--auth-type", "openai"]},
+        lambda api: {"extra_args": ["--auth-type", "openai"]},
     ),
     Spec("copilot", "copilot", MockOpenAIChat, lambda home, api: copilot_env(home, api.base_url)),
     Spec("opencode", "opencode", MockOpenAIChat, lambda home, api: opencode_env(home, api.base_url)),
@@ -328,7 +338,7 @@ async def bench_runner(spec: Spec, runs: int, turns: int, sdk: Any, base: Path, 
     with spec.mock() as api, isolated_environ(spec.env(home, api), home / "no-such-llmrun-config.toml"):
         if not nagle:
             no_delay(api)
-        runner = llmrun.get_runner(spec.name, **spec.settings)
+        runner = llmrun.get_runner(spec.name, **spec.settings(api))
         if not runner.capabilities.warm:
             result.skipped = f"{spec.name} has no warm mode in this llmrun"
             return result
