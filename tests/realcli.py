@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CLAUDE_ENV", "CLI_PACKAGES", "claude_env", "loopback_only", "require_binary"]
+__all__ = ["CLAUDE_ENV", "CLI_PACKAGES", "become", "claude_env", "loopback_only", "require_binary"]
 
 # Binary name -> npm package that provides it; used in skip messages.
 CLI_PACKAGES: dict[str, str] = {
@@ -260,6 +260,19 @@ def opencode_env(tmp_path: str | os.PathLike[str], base_url: str | None) -> dict
         env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_provider(base_url))
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
+
+
+def become(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: dict[str, str]) -> dict[str, str]:
+    """Make this process's environment exactly `isolated` (pytest's own variables aside), so
+    that nothing of the developer's shell (keys, proxies, LLMRUN_*) reaches the tool that a
+    runner starts with it; llmrun's config file is pointed at a path that does not exist."""
+    for name in list(os.environ):
+        if not name.startswith("PYTEST_") and name not in isolated:
+            monkeypatch.delenv(name)
+    for name, value in isolated.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
+    return dict(os.environ)
 
 
 def require_binary(name: str) -> str:

@@ -48,7 +48,7 @@ from mockapi import (
     TOOL_PREAMBLE,
     MockAnthropic,
 )
-from realcli import assert_no_processes_in, claude_env, processes_in, require_binary
+from realcli import assert_no_processes_in, become, claude_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -82,14 +82,9 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockAnthropic) -> 
     the child; llmrun's config file is pointed at a path that does not exist.
     """
     isolated = claude_env(tmp_path, api.url)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
+    env = become(monkeypatch, tmp_path, isolated)
     assert "LLMRUN_CLAUDE_CODE_BIN" not in os.environ
-    return dict(os.environ)
+    return env
 
 
 @pytest.fixture

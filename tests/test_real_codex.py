@@ -49,7 +49,7 @@ from mock_responses import (
     MockResponses,
     codex_provider_args,
 )
-from realcli import assert_no_processes_in, codex_env, processes_in, require_binary
+from realcli import assert_no_processes_in, become, codex_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -82,13 +82,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     the child; llmrun's config file is pointed at a path that does not exist.
     """
     isolated = codex_env(tmp_path)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 def make_runner(api: MockResponses, *, retries: int | None = 0, offline: bool = True) -> CodexRunner:

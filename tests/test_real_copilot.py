@@ -45,7 +45,7 @@ from llmrun.runners.copilot import CopilotRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, SLOW_WORDS, THINKING_DELTAS, TOOL_PREAMBLE, MockOpenAIChat
-from realcli import copilot_env, require_binary
+from realcli import become, copilot_env, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(90)]
 
@@ -82,13 +82,7 @@ def api():
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat, cache_dir: Path) -> dict[str, str]:
     """Make this process's environment the isolated one that copilot must see."""
     isolated = copilot_env(tmp_path, api.base_url, cache_dir=cache_dir)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from llmrun.runners.gemini import GeminiRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_gemini import DEFAULT_TEXT, HTTP_ERRORS, SLOW_WORDS, TOOL_INPUT, TOOL_NAME, TOOL_PREAMBLE, MockGemini
-from realcli import assert_no_processes_in, gemini_env, processes_in, require_binary
+from realcli import assert_no_processes_in, become, gemini_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -80,13 +80,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockGemini) -> dic
     """This process's environment becomes the isolated one gemini must see (the runner passes
     its own environment on); nothing of the developer's GEMINI_*/GOOGLE_* or proxies leaks."""
     isolated = gemini_env(tmp_path, api.url, max_attempts=None if IS_ROOT else 1)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from llmrun.runners.llm import SYSTEM_PROMPT_ARGV_LIMIT, LlmRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, SLOW_WORDS, MockOpenAIChat
-from realcli import llm_env, processes_in
+from realcli import become, llm_env, processes_in
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -77,13 +77,7 @@ def api():
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat) -> dict[str, str]:
     """Make this process's environment the isolated one that llm must see."""
     isolated = llm_env(tmp_path, api.base_url)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from llmrun.runners.opencode import OpencodeRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, THINKING_DELTAS, TOOL_PREAMBLE, MockOpenAIChat
-from realcli import assert_no_processes_in, opencode_env, processes_in, require_binary
+from realcli import assert_no_processes_in, become, opencode_env, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(90)]
 
@@ -71,13 +71,7 @@ def api():
 def isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_url: str | None) -> dict[str, str]:
     """Make this process's environment the isolated one that opencode must see."""
     isolated = opencode_env(tmp_path, base_url)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from llmrun.runners.qwen import SYSTEM_PROMPT_ARGV_LIMIT, QwenRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, SLOW_WORDS, THINKING_DELTAS, TOOL_PREAMBLE, MockOpenAIChat
-from realcli import assert_no_processes_in, processes_in, qwen_env, require_binary
+from realcli import assert_no_processes_in, become, processes_in, qwen_env, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(60)]
 
@@ -74,13 +74,7 @@ def api():
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat) -> dict[str, str]:
     """Make this process's environment the isolated one that qwen must see."""
     isolated = qwen_env(tmp_path, api.base_url)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
-    return dict(os.environ)
+    return become(monkeypatch, tmp_path, isolated)
 
 
 @pytest.fixture

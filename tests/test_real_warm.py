@@ -34,6 +34,7 @@ from mockapi import MockAnthropic
 from mockserver import LoopbackMock
 from realcli import (
     assert_no_processes_in,
+    become,
     claude_env,
     codex_env,
     copilot_env,
@@ -106,13 +107,7 @@ def api(tool: RealTool) -> Iterator[Any]:
 
 @pytest.fixture
 def runner(tool: RealTool, api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> llmrun.Runner:
-    isolated = tool.env(tmp_path, api)
-    for name in list(os.environ):
-        if not name.startswith("PYTEST_") and name not in isolated:
-            monkeypatch.delenv(name)
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-llmrun-config.toml"))
+    become(monkeypatch, tmp_path, tool.env(tmp_path, api))
     return llmrun.get_runner(tool.runner, **tool.settings(api))
 
 

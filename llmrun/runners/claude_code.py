@@ -116,15 +116,7 @@ class ClaudeCodeRunner(CliRunner):
         # sooner (as with claude-agent-sdk, which runs claude this way).
         assert invocation.argv[1] == "-p"
         invocation.argv[1:2] = ["--input-format", "stream-json"]
-        return StreamJsonInput(
-            invocation,
-            runner=self.name,
-            display_name=self.display_name,
-            resume=resume,
-            open_timeout=settings.timeout,
-            error_for_exit=self.error_for_exit,
-            new_parser=ClaudeParser,
-        )
+        return StreamJsonInput(self, invocation, settings, resume, new_parser=ClaudeParser)
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
         # stream-json reports a bad --resume id as a failed result; this covers older builds

@@ -479,16 +479,7 @@ class CodexRunner(CliRunner):
             thread["sandbox"] = sandbox
         if model := self.model_for(request):
             thread["model"] = model
-        return CodexAppServer(
-            invocation,
-            runner=self.name,
-            display_name=self.display_name,
-            resume=resume,
-            open_timeout=settings.timeout,
-            error_for_exit=self.error_for_exit,
-            thread=thread,
-            error_from_message=error_from_message,
-        )
+        return CodexAppServer(self, invocation, settings, resume, thread=thread, error_from_message=error_from_message)
 
     def _sandbox(self, request: ChatRequest, user_args: list[str]) -> str | None:
         """The sandbox mode to ask for, or None when the user's own arguments choose it."""

@@ -192,9 +192,8 @@ class AcpConnection(WarmConnection):
         system: str | None,
         model: str | None = None,
         set_model: bool = False,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args)
         self.profile = profile
         self.cwd = cwd
         self.allow_tools = allow_tools
@@ -442,12 +441,10 @@ def acp_connection(
 ) -> AcpConnection:
     """The warm connection of an ACP runner, from the invocation that starts its agent."""
     return AcpConnection(
+        runner,
         invocation,
-        runner=runner.name,
-        display_name=runner.display_name,
-        resume=resume,
-        open_timeout=settings.timeout,
-        error_for_exit=runner.error_for_exit,
+        settings,
+        resume,
         profile=profile,
         cwd=os.path.abspath(settings.cwd or os.getcwd()),
         allow_tools=settings.allow_tools,

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import process
 from ..errors import ProcessFailed, RunnerError, RunnerTimeout
 from ..sessions import TurnItem
 from ..types import ChatRequest
+
+if TYPE_CHECKING:
+    from ..runners.base import CliRunner
+    from ..sessions import SessionSettings
 
 # A tool's start-up can take many seconds on a busy machine (opencode took 18); the
 # handshake gets this long unless the session's hard timeout says otherwise.
@@ -28,25 +32,20 @@ _T = TypeVar("_T")
 
 class WarmConnection(ABC):
     def __init__(
-        self,
-        invocation: process.Invocation,
-        *,
-        runner: str,
-        display_name: str,
-        resume: str | None = None,
-        open_timeout: float | None = None,
-        error_for_exit: Callable[[int, str], RunnerError] | None = None,
+        self, runner: CliRunner, invocation: process.Invocation, settings: SessionSettings, resume: str | None
     ) -> None:
         invocation.interactive = True
         invocation.stdin = None
         self.invocation = invocation
-        self.runner = runner
-        self.display_name = display_name
+        self.runner = runner.name
+        self.display_name = runner.display_name
+        self._error_for_exit = runner.error_for_exit
         self.resume = resume
         self.session_id: str | None = resume
-        self.open_timeout = open_timeout or OPEN_TIMEOUT
-        self._error_for_exit = error_for_exit
+        # A hard limit on the session's turns bounds its start too.
+        self.open_timeout = settings.timeout or OPEN_TIMEOUT
         self._spawned: contextlib.AsyncExitStack | None = None
+        self._reader: asyncio.Future[None] | None = None
         self.child: process.Child | None = None
         self.queue: asyncio.Queue[TurnItem] | None = None
         """The queue of the turn in flight; None between turns."""
@@ -112,6 +111,10 @@ class WarmConnection(ABC):
         self.turns_sent += 1
         return queue
 
+    def read_with(self, reader: Coroutine[Any, Any, None]) -> None:
+        """Run the protocol's reader of `lines()` for as long as the connection lives."""
+        self._reader = asyncio.ensure_future(reader)
+
     def emit(self, item: TurnItem) -> None:
         """Hand a chunk (or the error that ends the turn) to the turn in flight."""
         if isinstance(item, RunnerError):
@@ -169,3 +172,7 @@ class WarmConnection(ABC):
             self.emit(ProcessFailed(f"{self.display_name} was stopped"))
         if stack is not None:
             await stack.aclose()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

@@ -42,15 +42,13 @@ class CodexAppServer(WarmConnection):
         *args: Any,
         thread: dict[str, Any],
         error_from_message: Callable[[str], RunnerError],
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args)
         self.thread = thread
         """`thread/start` parameters: cwd, model, sandbox, approval policy."""
         self.error_from_message = error_from_message
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._reader: asyncio.Future[None] | None = None
         self._turn_id: str | None = None
         self._streamed: set[str] = set()  # items whose text came as deltas
         self._usage: Usage | None = None
@@ -108,7 +106,7 @@ class CodexAppServer(WarmConnection):
     # --- start ---------------------------------------------------------------------------
 
     async def handshake(self) -> None:
-        self._reader = asyncio.ensure_future(self._read())
+        self.read_with(self._read())
         hello = {"clientInfo": {"name": "llmrun", "title": None, "version": __version__}}
         await self.request("initialize", hello)
         await self._send({"method": "initialized"})
@@ -201,10 +199,6 @@ class CodexAppServer(WarmConnection):
 
     async def close(self) -> None:
         await super().close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
         for answer in self._pending.values():
             if not answer.done():
                 answer.set_exception(ProcessFailed("codex was stopped"))

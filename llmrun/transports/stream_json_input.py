@@ -28,11 +28,10 @@ from .base import WarmConnection
 
 
 class StreamJsonInput(WarmConnection):
-    def __init__(self, *args: Any, new_parser: Callable[[], StreamJsonParser], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, new_parser: Callable[[], StreamJsonParser]) -> None:
+        super().__init__(*args)
         self.new_parser = new_parser
         self._parser: StreamJsonParser | None = None
-        self._reader: asyncio.Future[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._requests = 0
         self._initialize_id = ""
@@ -41,7 +40,7 @@ class StreamJsonInput(WarmConnection):
     async def handshake(self) -> None:
         # The tool answers an `initialize` control request once it is ready to take a
         # message, so a pre-warmed session is ready when start() returns, not merely spawned.
-        self._reader = asyncio.ensure_future(self._read())
+        self.read_with(self._read())
         self._ready = asyncio.get_running_loop().create_future()
         assert self.child is not None
         await self.child.send(_line(self._control("initialize", hooks=None)))
@@ -110,13 +109,6 @@ class StreamJsonInput(WarmConnection):
         self._parser = None
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(self.exit_error())
-
-    async def close(self) -> None:
-        await super().close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
 
 
 def _line(message: dict[str, Any]) -> bytes:
