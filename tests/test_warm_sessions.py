@@ -5,6 +5,7 @@ sessions and stream-json input captured from the real tools."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -190,7 +191,9 @@ async def test_a_loaded_session_does_not_take_the_replayed_history_for_the_answe
 # --- output to skip --------------------------------------------------------------------------
 
 
-async def test_unknown_messages_and_noise_are_skipped(warm_fake: FakeRun) -> None:
+async def test_unknown_messages_and_noise_are_skipped(warm_fake: FakeRun, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+
     async def two_turns() -> list[llmrun.ChatResponse]:
         async with warm_fake.runner().session() as session:
             return [await session.complete("My name is Ann"), await session.complete("What is my name?")]
@@ -200,6 +203,7 @@ async def test_unknown_messages_and_noise_are_skipped(warm_fake: FakeRun) -> Non
     noisy = await two_turns()
     assert [r.content for r in noisy] == [r.content for r in clean]
     assert all(r.content and r.finish_reason == "stop" for r in noisy)
+    assert not caplog.records, "skipped quietly, not logged as failures"
 
 
 async def test_usage_is_the_turns_own_even_where_the_tool_counts_the_whole_session(warm_fake: FakeRun) -> None:

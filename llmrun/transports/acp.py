@@ -139,13 +139,26 @@ class _Lines:
     async def receive(self) -> dict[str, Any] | None:
         async for line in self._lines:
             message = json_object(line)
-            if message is not None:
+            if message is None:
+                log.debug("not JSON-RPC, skipped: %.200s", line)
+            elif message.get("method") == "session/update" and not _known_update(message.get("params")):
+                # A kind of update newer than the protocol package: skipped here, where the
+                # package would log it as an error with a traceback.
+                log.debug("unknown session update, skipped: %.200s", line)
+            else:
                 return message
-            log.debug("not JSON-RPC, skipped: %.200s", line)
         return None
 
     async def close(self) -> None:
         await self._lines.aclose()
+
+
+def _known_update(params: Any) -> bool:
+    try:
+        schema.SessionNotification.model_validate(params)
+    except pydantic.ValidationError:
+        return False
+    return True
 
 
 class _Client:
