@@ -109,6 +109,7 @@ class StreamJsonInput(WarmConnection):
         self._parser = None
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(self.exit_error())
+            self._ready.exception()  # seen here: a start already given up on must not log it
 
 
 def _line(message: dict[str, Any]) -> bytes:
