@@ -85,7 +85,9 @@ class Invocation:
     """Files written for this run (a long system prompt, say), removed when it ends."""
     interactive: bool = False
     """A long-lived tool (a warm session): stdin stays open for `Child.send`, and the tool is
-    told to die with llmrun (PR_SET_PDEATHSIG) so that a killed daemon leaves none behind."""
+    told to die with llmrun (PR_SET_PDEATHSIG) so that a killed daemon leaves none behind.
+    Linux ties that signal to the thread that started the tool: the thread running the
+    event loop, which must outlive the session (as `asyncio.run` in the main thread does)."""
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
