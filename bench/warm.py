@@ -62,20 +62,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a plain checkout runs without installing llmrun
 sys.path.insert(1, str(ROOT / "tests"))  # the mock APIs and the env builders of the real-CLI tests
 
-from mock_gemini import MockGemini  # noqa: E402
-from mock_openai_chat import MockOpenAIChat  # noqa: E402
-from mock_responses import MockResponses, codex_provider_args  # noqa: E402
 from mockapi import MockAnthropic  # noqa: E402
-from realcli import (  # noqa: E402
-    claude_env,
-    codex_env,
-    copilot_env,
-    gemini_env,
-    loopback_only,
-    opencode_env,
-    processes_in,
-    qwen_env,
-)
+from realcli import claude_env, loopback_only, processes_in  # noqa: E402
+from warmtools import WARM_TOOLS, WarmTool  # noqa: E402
 
 import llmrun  # noqa: E402
 from llmrun.process import rss_bytes  # noqa: E402
@@ -84,43 +73,6 @@ SDK_VENV = Path(os.environ.get("LLMRUN_BENCH_SDK_VENV", Path(tempfile.gettempdir
 TURN_LIMIT = 180.0  # hard limit on any one turn or start: a broken tool fails instead of hanging
 UNSHARE_HINT = "unshare -n sh -c 'ip link set lo up && python3 bench/warm.py'"
 TARGETS = {"cold/warm": 10.0, "cold/prewarmed": 5.0, "llmrun/sdk": 1.1}
-
-
-@dataclass
-class Spec:
-    name: str
-    binary: str
-    mock: Callable[[], Any]
-    env: Callable[[Path, Any], dict[str, str]]
-    settings: Callable[[Any], dict[str, Any]] = lambda api: {}
-    """The runner's settings, given the mock (codex is pointed at it by `-c` options)."""
-
-
-SPECS = [
-    Spec("claude_code", "claude", MockAnthropic, lambda home, api: claude_env(home, api.url)),
-    Spec(
-        "codex",
-        "codex",
-        MockResponses,
-        lambda home, api: codex_env(home),
-        lambda api: {"extra_args": codex_provider_args(api.url)},
-    ),
-    Spec(
-        "gemini",
-        "gemini",
-        MockGemini,
-        lambda home, api: gemini_env(home, api.url, max_attempts=None if os.geteuid() == 0 else 1),
-    ),
-    Spec(
-        "qwen",
-        "qwen",
-        MockOpenAIChat,
-        lambda home, api: qwen_env(home, api.base_url),
-        lambda api: {"extra_args": ["--auth-type", "openai"]},
-    ),
-    Spec("copilot", "copilot", MockOpenAIChat, lambda home, api: copilot_env(home, api.base_url)),
-    Spec("opencode", "opencode", MockOpenAIChat, lambda home, api: opencode_env(home, api.base_url)),
-]
 
 
 @dataclass
@@ -327,20 +279,20 @@ def no_delay(mock: Any) -> Any:
     return mock
 
 
-async def bench_runner(spec: Spec, runs: int, turns: int, sdk: Any, base: Path, nagle: bool) -> Result:
-    result = Result(spec.name)
+async def bench_runner(spec: WarmTool, runs: int, turns: int, sdk: Any, base: Path, nagle: bool) -> Result:
+    result = Result(spec.runner)
     binary = shutil.which(spec.binary)
     if binary is None:
         result.skipped = f"`{spec.binary}` is not installed"
         return result
     result.version = tool_version(binary)
-    home = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=base))
+    home = Path(tempfile.mkdtemp(prefix=f"{spec.runner}-", dir=base))
     with spec.mock() as api, isolated_environ(spec.env(home, api), home / "no-such-llmrun-config.toml"):
         if not nagle:
             no_delay(api)
-        runner = llmrun.get_runner(spec.name, **spec.settings(api))
+        runner = llmrun.get_runner(spec.runner, **spec.settings(api))
         if not runner.capabilities.warm:
-            result.skipped = f"{spec.name} has no warm mode in this llmrun"
+            result.skipped = f"{spec.runner} has no warm mode in this llmrun"
             return result
         cold_dir = home / "cold"
         cold_dir.mkdir()
@@ -349,22 +301,22 @@ async def bench_runner(spec: Spec, runs: int, turns: int, sdk: Any, base: Path, 
             request = llmrun.ChatRequest.of("Say hi.", cwd=str(cold_dir), timeout=TURN_LIMIT)
             return await timed(runner.complete(request))
 
-        say(f"{spec.name}: untimed cold run (fills caches)")
+        say(f"{spec.runner}: untimed cold run (fills caches)")
         await cold()
         for i in range(runs):
-            say(f"{spec.name}: round {i + 1}/{runs}: cold run")
+            say(f"{spec.runner}: round {i + 1}/{runs}: cold run")
             result.cold_ms.append(await cold())
-            say(f"{spec.name}: round {i + 1}/{runs}: pre-warmed session" + (f", {turns} turns" if i == 0 else ""))
+            say(f"{spec.runner}: round {i + 1}/{runs}: pre-warmed session" + (f", {turns} turns" if i == 0 else ""))
             first = turns if i == 0 else 1
             await one_session(spec, runner, home / f"session-{i}", result, first, sdk, binary, api, nagle)
-            say(f"{spec.name}: round {i + 1}/{runs}: pre-warmed session, first turn once the tool is idle")
+            say(f"{spec.runner}: round {i + 1}/{runs}: pre-warmed session, first turn once the tool is idle")
             await one_session(spec, runner, home / f"session-{i}-idle", result, 1, None, binary, api, nagle, idle=True)
         result.leaks += await gone(str(home))
     return result
 
 
 async def one_session(
-    spec: Spec,
+    spec: WarmTool,
     runner: llmrun.Runner,
     workdir: Path,
     result: Result,
@@ -428,7 +380,7 @@ async def one_session(
             finally:
                 mocks.close()
         if left := session.pids():
-            result.leaks.append(f"{spec.name}: session.pids() after close: {left}")
+            result.leaks.append(f"{spec.runner}: session.pids() after close: {left}")
         result.leaks += await gone(str(workdir))
         if sdk_dir.exists():
             result.leaks += [f"ClaudeSDKClient: {leak}" for leak in await gone(str(sdk_dir))]
@@ -518,30 +470,31 @@ def print_table(results: list[Result], runs: int, turns: int) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
-    wanted = args.runner or [spec.name for spec in SPECS]
-    unknown = set(wanted) - {spec.name for spec in SPECS}
+    wanted = args.runner or [spec.runner for spec in WARM_TOOLS]
+    unknown = set(wanted) - {spec.runner for spec in WARM_TOOLS}
     if unknown:
-        raise SystemExit(f"unknown runner(s): {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SPECS)}")
+        known = ", ".join(tool.runner for tool in WARM_TOOLS)
+        raise SystemExit(f"unknown runner(s): {', '.join(sorted(unknown))}; known: {known}")
     sdk = None
     sdk_note = "not asked for (--no-sdk)"
     if "claude_code" in wanted and not args.no_sdk:
         sdk, sdk_note = load_sdk()
     results = []
     with tempfile.TemporaryDirectory(prefix="llmrun-warm-bench-") as base:
-        for spec in SPECS:
-            if spec.name not in wanted:
+        for spec in WARM_TOOLS:
+            if spec.runner not in wanted:
                 continue
             try:
-                with_sdk = sdk if spec.name == "claude_code" else None
+                with_sdk = sdk if spec.runner == "claude_code" else None
                 result = await bench_runner(spec, args.runs, args.turns, with_sdk, Path(base), args.mock_nagle)
             except Exception as exc:
-                result = Result(spec.name, error="".join(traceback.format_exception(exc)).rstrip())
-                say(f"{spec.name}: FAILED: {exc!r}")
+                result = Result(spec.runner, error="".join(traceback.format_exception(exc)).rstrip())
+                say(f"{spec.runner}: FAILED: {exc!r}")
                 result.leaks += await gone(base)
-            if spec.name == "claude_code":
+            if spec.runner == "claude_code":
                 result.sdk_note = sdk_note
             if result.skipped:
-                say(f"{spec.name}: skipped: {result.skipped}")
+                say(f"{spec.runner}: skipped: {result.skipped}")
             results.append(result)
     return results
 

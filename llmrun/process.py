@@ -455,14 +455,8 @@ def group_members(pgid: int) -> list[int]:
     members = []
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    fields = fh.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            fields = _stat_fields(int(entry)) if entry.isdigit() else None
+            if fields is not None and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
                 members.append(int(entry))
     return sorted(members)
 

@@ -93,8 +93,8 @@ class LiveServer:
         self.stop()
 
 
-def fake_children(binary: str = FAKE_CLAUDE) -> list[int]:
-    """Live processes of this test process that run the fake (found by command line in /proc)."""
+def children() -> list[int]:
+    """Live child processes of this test process (the daemon runs in a thread of it)."""
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -103,14 +103,24 @@ def fake_children(binary: str = FAKE_CLAUDE) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def fake_children(binary: str = FAKE_CLAUDE) -> list[int]:
+    """Live processes of this test process that run the fake (found by command line in /proc)."""
+    found = []
+    for pid in children():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if fields[0] in ("Z", "X") or int(fields[1]) != me:
-            continue
         if any(arg.decode(errors="replace") == binary for arg in argv[:3]):
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 

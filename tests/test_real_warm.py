@@ -13,9 +13,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +26,8 @@ from llmrun.process import group_members
 sys.path.insert(0, str(Path(__file__).parent))
 import mock_gemini
 import mockapi
-from mock_gemini import MockGemini
-from mock_openai_chat import MockOpenAIChat
-from mock_responses import MockResponses, codex_provider_args
-from mockapi import MockAnthropic
-from mockserver import LoopbackMock
-from realcli import (
-    assert_no_processes_in,
-    become,
-    claude_env,
-    codex_env,
-    copilot_env,
-    gemini_env,
-    loopback_only,
-    opencode_env,
-    qwen_env,
-    require_binary,
-)
+from realcli import assert_no_processes_in, become, loopback_only, require_binary
+from warmtools import WARM_TOOLS, WarmTool
 
 pytestmark = pytest.mark.real_cli
 
@@ -53,46 +37,9 @@ SHELL_CALL = {"command": f"echo {MARKER} > marker.txt; echo {MARKER}", "descript
 TURN_LIMIT = 240.0
 
 
-@dataclass
-class RealTool:
-    runner: str
-    binary: str
-    mock: Callable[[], LoopbackMock]
-    env: Callable[[Path, Any], dict[str, str]]
-    settings: Callable[[Any], dict[str, Any]] = lambda api: {}
-
-    def __str__(self) -> str:
-        return self.runner
-
-
-def _openai_url(api: Any) -> str:
-    return str(api.base_url)
-
-
-TOOLS = [
-    RealTool("claude_code", "claude", MockAnthropic, lambda tmp, api: claude_env(tmp, api.url)),
-    RealTool(
-        "codex",
-        "codex",
-        MockResponses,
-        lambda tmp, api: codex_env(tmp),
-        lambda api: {"extra_args": codex_provider_args(api.url)},
-    ),
-    RealTool("gemini", "gemini", MockGemini, lambda tmp, api: gemini_env(tmp, api.url, max_attempts=1)),
-    RealTool("qwen", "qwen", MockOpenAIChat, lambda tmp, api: qwen_env(tmp, _openai_url(api))),
-    RealTool(
-        "copilot",
-        "copilot",
-        MockOpenAIChat,
-        lambda tmp, api: copilot_env(tmp, _openai_url(api), cache_dir=tmp / "cache"),
-    ),
-    RealTool("opencode", "opencode", MockOpenAIChat, lambda tmp, api: opencode_env(tmp, _openai_url(api))),
-]
-
-
-@pytest.fixture(params=TOOLS, ids=str)
-def tool(request: pytest.FixtureRequest) -> RealTool:
-    real: RealTool = request.param
+@pytest.fixture(params=WARM_TOOLS, ids=str)
+def tool(request: pytest.FixtureRequest) -> WarmTool:
+    real: WarmTool = request.param
     require_binary(real.binary)
     if not loopback_only():
         pytest.skip("real tools run only in a loopback-only network namespace (unshare -n)")
@@ -100,13 +47,13 @@ def tool(request: pytest.FixtureRequest) -> RealTool:
 
 
 @pytest.fixture
-def api(tool: RealTool) -> Iterator[Any]:
+def api(tool: WarmTool) -> Iterator[Any]:
     with tool.mock() as mock:
         yield mock
 
 
 @pytest.fixture
-def runner(tool: RealTool, api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> llmrun.Runner:
+def runner(tool: WarmTool, api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> llmrun.Runner:
     become(monkeypatch, tmp_path, tool.env(tmp_path, api))
     return llmrun.get_runner(tool.runner, **tool.settings(api))
 
@@ -135,7 +82,7 @@ async def test_a_conversation_is_one_process_that_remembers(runner: llmrun.Runne
 
 
 async def test_a_shell_command_is_refused_by_default(
-    tool: RealTool, runner: llmrun.Runner, api: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    tool: WarmTool, runner: llmrun.Runner, api: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if tool.runner == "claude_code":
         monkeypatch.setattr(mockapi, "TOOL_INPUT", dict(SHELL_CALL))
@@ -184,7 +131,7 @@ async def saved(session_id: str | None, home: Path, within: float = 60.0) -> Non
 
 
 async def test_a_killed_process_is_replaced_and_the_session_resumed(
-    tool: RealTool, runner: llmrun.Runner, api: Any, workdir: str
+    tool: WarmTool, runner: llmrun.Runner, api: Any, workdir: str
 ) -> None:
     async with session_of(runner, workdir) as session:
         await session.complete("My name is Ann")

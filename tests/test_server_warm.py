@@ -37,7 +37,7 @@ from llmrun.sessions import Session, SessionSettings, TurnItem
 from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport, Message, Usage
 
 from .conftest import is_alive, still_alive
-from .server_support import LiveServer, settings
+from .server_support import LiveServer, children, settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -513,17 +513,11 @@ def test_prewarm_must_name_a_runner_with_a_warm_mode(runner: FakeWarmRunner, tmp
 def test_real_claude_answers_a_conversation_from_one_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from mockapi import MockAnthropic
-    from realcli import claude_env, require_binary
+    from realcli import become, claude_env, require_binary
 
     binary = os.path.realpath(require_binary("claude"))
     with MockAnthropic() as api:
-        isolated = claude_env(tmp_path / "claude", api.url)
-        for name in list(os.environ):
-            if not name.startswith("PYTEST_") and name not in isolated:
-                monkeypatch.delenv(name)
-        for name, value in isolated.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-such-config.toml"))
+        become(monkeypatch, tmp_path, claude_env(tmp_path / "claude", api.url))
         workdir = tmp_path / "work"
         workdir.mkdir()
         monkeypatch.chdir(workdir)  # where the tool runs: a conversation without a cwd gets the daemon's
@@ -547,23 +541,6 @@ def test_real_claude_answers_a_conversation_from_one_process(monkeypatch: pytest
             said = json.dumps(second["messages"])
             assert "first question" in said and "second question" in said
         assert still_alive(group, WAIT) == []
-
-
-def children() -> list[int]:
-    """Live child processes of this test process (the daemon runs in a thread of it)."""
-    me = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == me and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 # --- a daemon killed with SIGKILL ----------------------------------------------------------

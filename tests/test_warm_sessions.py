@@ -55,6 +55,29 @@ def test_every_warm_runner_says_so() -> None:
         assert not get_runner(name).capabilities.warm, name
 
 
+# Flags of a one-shot run that the warm mode's command line must not carry.
+ONE_SHOT_FLAGS = {
+    "claude_code": ("-p",),
+    "codex": ("exec",),
+    "gemini": ("-p", "--output-format"),
+    "qwen": ("--output-format", "--include-partial-messages"),
+    "copilot": ("--output-format", "--usage-output-file"),
+    "opencode": ("run", "--format"),
+}
+
+
+async def test_the_warm_command_line_keeps_extra_args_and_drops_one_shot_flags(warm_fake: FakeRun) -> None:
+    runner = warm_fake.runner(extra_args=["--user-flag=1"])
+    async with runner.session() as session:
+        await session.complete("Say hi")
+    (invocation,) = warm_fake.invocations()
+    argv = invocation["argv"]
+    dropped = ONE_SHOT_FLAGS[warm_fake.tool.runner]
+    assert not [arg for arg in argv if arg.split("=")[0] in dropped], argv
+    if warm_fake.tool.runner != "opencode":  # `opencode acp` takes none of `opencode run`'s flags
+        assert "--user-flag=1" in argv
+
+
 # --- lockdown -------------------------------------------------------------------------------
 
 

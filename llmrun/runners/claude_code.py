@@ -109,13 +109,13 @@ class ClaudeCodeRunner(CliRunner):
         return ClaudeParser()
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
+        from ..transports.base import warm_argv
         from ..transports.stream_json_input import StreamJsonInput
 
         invocation = self.prepared_invocation(settings.request([], session_id=resume))
         # Streaming input needs no -p (print mode), and without it each turn starts about 5 ms
         # sooner (as with claude-agent-sdk, which runs claude this way).
-        assert invocation.argv[1] == "-p"
-        invocation.argv[1:2] = ["--input-format", "stream-json"]
+        invocation.argv = warm_argv(invocation.argv, ["--input-format", "stream-json"], drop=("-p",))
         return StreamJsonInput(self, invocation, settings, resume, new_parser=ClaudeParser)
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:

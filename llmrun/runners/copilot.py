@@ -422,14 +422,14 @@ class CopilotRunner(CliRunner):
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.acp import AcpProfile, acp_connection
+        from ..transports.base import warm_argv
 
         invocation = self.prepared_invocation(settings.request([]))
         # The one-shot flags hold in ACP mode too (model, denied tools, custom instructions);
         # the output and usage-file flags give way to --acp, and a resumed session is loaded
         # over the protocol.
-        one_shot_only = ("--output-format=", "--usage-output-file=", "--resume=")
-        argv = [arg for arg in invocation.argv[1:] if not arg.startswith(one_shot_only)]
-        invocation.argv = [invocation.argv[0], "--acp", *argv]
+        one_shot = ("--output-format", "--usage-output-file", "--resume")
+        invocation.argv = warm_argv(invocation.argv, ["--acp"], drop=one_shot)
         profile = AcpProfile(
             system_prompt_at_start=True,
             cumulative_usage=True,

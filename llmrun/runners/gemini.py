@@ -417,13 +417,14 @@ class GeminiRunner(CliRunner):
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.acp import AcpProfile, acp_connection
+        from ..transports.base import warm_argv
 
         invocation = self.prepared_invocation(settings.request([]))
         # The one-shot flags hold in ACP mode too (model, approval mode, trust); the prompt
         # flags give way to --acp, and a resumed session is loaded over the protocol.
-        argv = invocation.argv
-        argv[1:5] = ["--acp"]
-        invocation.argv = [arg for arg in argv if not arg.startswith("--resume=")]
+        invocation.argv = warm_argv(
+            invocation.argv, ["--acp"], drop=("--resume",), drop_with_value=("-p", "--output-format")
+        )
         # The system prompt is in GEMINI_SYSTEM_MD; the model and approval mode are in argv.
         profile = AcpProfile(system_prompt_at_start=True, usage_from_result=_acp_usage)
         return acp_connection(self, invocation, settings, resume, profile)

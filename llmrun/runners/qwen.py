@@ -312,14 +312,14 @@ class QwenRunner(CliRunner):
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.acp import AcpProfile, acp_connection
+        from ..transports.base import warm_argv
 
         invocation = self.prepared_invocation(settings.request([]))
         # The one-shot flags hold in ACP mode too (model, approval mode, excluded tools, system
         # prompt, settings file); the output flags give way to --acp, and a resumed session is
         # loaded over the protocol.
-        argv = invocation.argv
-        argv[1:3] = ["--acp"]
-        invocation.argv = [arg for arg in argv if not arg.startswith("--resume=")]
+        one_shot = ("--output-format", "--include-partial-messages", "--resume")
+        invocation.argv = warm_argv(invocation.argv, ["--acp"], drop=one_shot)
         return acp_connection(self, invocation, settings, resume, AcpProfile(system_prompt_at_start=True))
 
     def new_parser(self, request: ChatRequest) -> Parser:

@@ -30,6 +30,25 @@ OPEN_TIMEOUT = 120.0
 _T = TypeVar("_T")
 
 
+def warm_argv(
+    argv: list[str], mode: list[str], *, drop: tuple[str, ...] = (), drop_with_value: tuple[str, ...] = ()
+) -> list[str]:
+    """A one-shot command line made into the warm mode's: `mode` right after the executable,
+    and without the one-shot flags (`--flag` or `--flag=...` in `drop`; the flags in
+    `drop_with_value` together with the argument after them). Whatever else the runner and
+    the user put there (model, lockdown, extra_args) stays, wherever it stood."""
+    kept = [argv[0], *mode]
+    skip_value = False
+    for arg in argv[1:]:
+        if skip_value:
+            skip_value = False
+        elif arg in drop_with_value:
+            skip_value = True
+        elif arg not in drop and not arg.startswith(tuple(flag + "=" for flag in drop)):
+            kept.append(arg)
+    return kept
+
+
 class WarmConnection(ABC):
     def __init__(
         self, runner: CliRunner, invocation: process.Invocation, settings: SessionSettings, resume: str | None
