@@ -6,6 +6,12 @@ loader) and agent subprocesses included. stdin is never inherited: the prompt is
 and the pipe closed, or it is /dev/null. stdout is read as raw bytes and framed here;
 stderr is drained concurrently into a bounded tail so that a flood can neither deadlock
 the child nor eat memory. No shell, ever.
+
+No tool outlives llmrun. On Linux every child is told to die with llmrun (PR_SET_PDEATHSIG),
+and every child's environment names the llmrun process that started it (`OWNER_VARIABLE`):
+what a tool itself started inherits that name but not the death signal, so a starting
+daemon finds and kills such leftovers of a dead llmrun (`kill_orphaned_tools`). At
+interpreter exit the groups still running are killed.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import atexit
 import codecs
 import contextlib
 import errno
+import functools
 import os
 import re
+import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +39,16 @@ READ_SIZE = 256 * 1024
 # pipe open and silent for this long, reading stops (the straggler is killed on close).
 AFTER_EXIT_QUIET = 0.5
 
+OWNER_VARIABLE = "LLMRUN_OWNER"
+"""Set in every child's environment to `owner_tag()` of the llmrun process that started it."""
+
 # Process groups of children still alive; killed at interpreter exit whatever happened.
 _live_groups: set[int] = set()
 
 
 @atexit.register
-def _kill_survivors() -> None:
+def kill_survivors() -> None:
+    """SIGKILL the process group of every tool still running (at exit, whatever happened)."""
     for pgid in list(_live_groups):
         _signal_group(pgid, signal.SIGKILL)
     _live_groups.clear()
@@ -51,19 +63,41 @@ def _load_prctl() -> Any:
         return None
 
 
-_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+_prctl: Any = _load_prctl() if sys.platform.startswith("linux") else None
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Runs in the child between fork and exec: SIGKILL it when llmrun dies, however it dies."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # llmrun died before the line above, so no signal will come
+        os._exit(1)
+
+
+def _death_signal() -> Callable[[], None] | None:
+    """The preexec_fn for a child, or None where there is no PR_SET_PDEATHSIG.
+
+    Linux ties the signal to the thread that starts the child: the thread of the event loop
+    that runs the child, which lives at least as long as the child is awaited."""
+    return functools.partial(_die_with_parent, os.getpid()) if _prctl is not None else None
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or a whole directory; one already gone is no error."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+# llmrun's own secrets: a tool allowed to run commands could otherwise read them.
+PRIVATE_VARIABLES = ("LLMRUN_API_KEY",)
 
 
 @dataclass
@@ -82,21 +116,28 @@ class Invocation:
     pty: bool = False
     """Run on a pseudo-terminal, for tools that refuse to work without one."""
     temp_files: list[str] = field(default_factory=list)
-    """Files written for this run (a long system prompt, say), removed when it ends."""
+    """Files and directories written for this run (a long system prompt, say), removed when
+    it ends however it ends: `spawn` removes them, also when the tool cannot be started."""
     interactive: bool = False
-    """A long-lived tool (a warm session): stdin stays open for `Child.send`, and the tool is
-    told to die with llmrun (PR_SET_PDEATHSIG) so that a killed daemon leaves none behind.
-    Linux ties that signal to the thread that started the tool: the thread running the
-    event loop, which must outlive the session (as `asyncio.run` in the main thread does)."""
+    """A long-lived tool (a warm session): stdin stays open for `Child.send`. Like every
+    child it is told to die with llmrun (PR_SET_PDEATHSIG), a signal Linux ties to the
+    thread that started it: the thread running the event loop, which must outlive the
+    session (as `asyncio.run` in the main thread does)."""
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        for name in self.env_remove:
+        for name in (*self.env_remove, *PRIVATE_VARIABLES):
             env.pop(name, None)
         for name, value in self.env_defaults.items():
             env.setdefault(name, value)
         env.update(self.env)
+        env[OWNER_VARIABLE] = owner_tag()
         return env
+
+    def remove_files(self) -> None:
+        """Remove the run's files; those already gone are no error."""
+        for path in self.temp_files:
+            remove_path(path)
 
 
 @dataclass
@@ -196,7 +237,7 @@ class Child:
             cwd=inv.cwd,
             env=inv.child_env(),
             start_new_session=True,
-            preexec_fn=_die_with_parent if inv.interactive else None,
+            preexec_fn=_death_signal(),
         )
         proc = asyncio.subprocess.Process(transport, protocol, loop)
         self._proc, self.pid = proc, proc.pid
@@ -209,7 +250,9 @@ class Child:
         from ptyprocess import PtyProcess  # only the pty mode needs it
 
         inv = self.invocation
-        self._pty = PtyProcess.spawn(inv.argv, cwd=inv.cwd, env=inv.child_env(), dimensions=(50, 200))
+        self._pty = PtyProcess.spawn(
+            inv.argv, cwd=inv.cwd, env=inv.child_env(), dimensions=(50, 200), preexec_fn=_death_signal()
+        )
         self.pid = self._pty.pid
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -438,16 +481,16 @@ async def spawn(invocation: Invocation, limits: Limits | None = None) -> AsyncIt
         await child.start()
         yield child
     finally:
-        if child.pid:
-            closing = asyncio.ensure_future(child.close())
-            try:
-                await asyncio.shield(closing)
-            except asyncio.CancelledError:
-                await closing  # cleanup is bounded by kill_grace; finish it, then let the cancel through
-                raise
-        for path in invocation.temp_files:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+        try:
+            if child.pid:
+                closing = asyncio.ensure_future(child.close())
+                try:
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError:
+                    await closing  # cleanup is bounded by kill_grace; finish it, then let the cancel through
+                    raise
+        finally:
+            invocation.remove_files()
 
 
 def group_members(pgid: int) -> list[int]:
@@ -534,6 +577,85 @@ def process_group(pid: int) -> int | None:
         return int(fields[2])
     except (IndexError, ValueError):
         return None
+
+
+_own_tag: tuple[int, str] = (0, "")
+
+
+def owner_tag() -> str:
+    """This process as "<pid>-<start time>" (start time 0 where unknown): a name for good,
+    as a reused pid has a later start."""
+    global _own_tag
+    pid = os.getpid()
+    if _own_tag[0] != pid:  # computed once per process (a forked child computes its own)
+        _own_tag = (pid, f"{pid}-{start_time(pid) or 0}")
+    return _own_tag[1]
+
+
+def is_running(tag: str) -> bool:
+    """Whether the process an `owner_tag` names is still running (True for a malformed tag)."""
+    pid_text, _, start_text = tag.partition("-")
+    try:
+        pid, started = int(pid_text), int(start_text)
+    except ValueError:
+        return True
+    if started:
+        return start_time(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def kill_orphaned_tools() -> list[int]:
+    """SIGKILL the process groups of this user's processes whose llmrun (named by
+    `OWNER_VARIABLE` in their environment) has died: what tools started and left behind
+    when their llmrun was killed outright. Returns the group ids killed.
+
+    A process tagged like this one was started under the same llmrun as this one (a
+    daemon that a tool started, say): it and its group are left alone."""
+    inherited = os.environ.get(OWNER_VARIABLE)
+    spared = {0, 1, os.getpgrp()}
+    killed: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return killed
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        tag = _owner_of(pid)
+        if tag is None or tag == inherited or is_running(tag):
+            continue
+        pgid = process_group(pid)
+        if pgid is None or pgid in spared or pgid in killed:
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(pgid)
+    return killed
+
+
+def _owner_of(pid: int) -> str | None:
+    """The `OWNER_VARIABLE` a process of this user was started with; None for any other."""
+    key = OWNER_VARIABLE.encode() + b"="
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read()
+    except OSError:
+        return None
+    for item in environ.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key) :].decode("ascii", "replace")
+    return None
 
 
 def kill_recorded_group(pgid: int, members: list[tuple[int, int]]) -> bool:

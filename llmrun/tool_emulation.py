@@ -8,7 +8,9 @@ the system prompt, and the model answers EITHER in plain text OR with blocks
 after an optional sentence. The blocks are parsed, checked against each tool's JSON schema
 and returned as `ToolCall`s with finish_reason "tool_calls". An unusable answer (unknown
 tool, invalid arguments, no call where one is required) is sent back to the model once with
-the problems; if the second answer is unusable too it is returned as plain text.
+the problems; if the second answer is unusable too it is returned as plain text. The schemas
+themselves come from the caller: `llmrun.schema` refuses a malformed one with InvalidRequest
+before anything runs, and bounds the validation whatever they hold.
 
     response = await chat_with_tools(get_runner("claude_code"), request)
     async for chunk in stream_with_tools(runner, request): ...
@@ -21,10 +23,9 @@ same convention.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from typing import Any, Literal
 from .errors import InvalidRequest
 from .prompting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from .runners.base import Runner
+from .schema import check_schemas, json_type, validate_json
 from .types import ChatChunk, ChatRequest, ChatResponse, FinishReason, Message, ToolCall, ToolSpec, Usage
 
 __all__ = [
@@ -58,7 +60,11 @@ class ToolPlan:
 
 
 def plan_tools(request: ChatRequest, runner: str | None = None) -> ToolPlan | None:
-    """The plan for a request; None when no tool is offered (no tools, or tool_choice "none")."""
+    """The plan for a request; None when no tool is offered (no tools, or tool_choice "none").
+
+    Raises InvalidRequest for a bad tool_choice, two tools of one name or schemas that
+    `check_schemas` refuses.
+    """
     if not request.tools:
         return None
     if isinstance(request.tool_choice, dict) and request.tool_choice.get("type") is None:
@@ -68,6 +74,11 @@ def plan_tools(request: ChatRequest, runner: str | None = None) -> ToolPlan | No
         if spec.name in tools:
             raise InvalidRequest(f"two tools are named {spec.name!r}", runner=runner)
         tools[spec.name] = spec
+    try:
+        check_schemas({name: spec.parameters for name, spec in tools.items()})
+    except InvalidRequest as exc:
+        exc.runner = runner
+        raise
     choice: Any = request.tool_choice
     if isinstance(choice, dict):
         kind = choice.get("type")
@@ -341,8 +352,12 @@ def parse_answer(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall], list[s
         number += 1
         try:
             value, end = decoder.raw_decode(text, _skip(_FENCE_OPEN, text, pos + len(TOOL_CALL_OPEN)))
-        except json.JSONDecodeError as exc:
-            problems.append(f"tool call {number}: the block does not hold a JSON object ({exc.msg})")
+        except (ValueError, RecursionError) as exc:  # ValueError: a JSONDecodeError, or an integer too long
+            if isinstance(exc, json.JSONDecodeError):
+                reason = exc.msg
+            else:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else "a number with too many digits"
+            problems.append(f"tool call {number}: the block does not hold a JSON object ({reason})")
             close = text.find(TOOL_CALL_CLOSE, pos)
             if close < 0:
                 break
@@ -379,7 +394,7 @@ def _read_call(value: Any, number: int, plan: ToolPlan, problems: list[str]) -> 
     if isinstance(arguments, str):  # OpenAI habit: arguments as a JSON string
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             problems.append(f'{where}: "arguments" is a string that does not hold JSON')
             return None
     if name not in plan.tools:
@@ -390,167 +405,10 @@ def _read_call(value: Any, number: int, plan: ToolPlan, problems: list[str]) -> 
         problems.append(f'{where}: calls "{name}", but this answer must call "{plan.forced}"')
         return None
     if not isinstance(arguments, dict):
-        problems.append(f'{where} ("{name}"): "arguments" must be a JSON object, got {_json_type(arguments)}')
+        problems.append(f'{where} ("{name}"): "arguments" must be a JSON object, got {json_type(arguments)}')
         return None
     errors = validate_json(arguments, plan.tools[name].parameters)
     if errors:
         problems.extend(f'{where} ("{name}"): {error}' for error in errors)
         return None
     return ToolCall(name=name, arguments=arguments)
-
-
-# --- a JSON schema check for the subset tool schemas use ---------------------------------
-
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "null": lambda v: v is None,
-    "boolean": lambda v: isinstance(v, bool),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-    "string": lambda v: isinstance(v, str),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
-}
-
-
-def validate_json(value: Any, schema: Any, path: str = "arguments") -> list[str]:
-    """What is wrong with `value` under `schema`, one message per problem; [] when it fits.
-
-    Covers type (unions included), enum, const, required, properties, additionalProperties,
-    items, minItems/maxItems, minimum/maximum (exclusive too), minLength/maxLength, pattern,
-    anyOf/oneOf/allOf and local $refs. Other keywords are not checked.
-    """
-    return _validate(value, schema, path, schema)
-
-
-def _validate(value: Any, schema: Any, path: str, root: Any) -> list[str]:
-    if schema is False:
-        return [f"{path}: no value is allowed here"]
-    if not isinstance(schema, dict):
-        return []
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#"):
-        target = _resolve(root, ref)
-        if target is not None:
-            return _validate(value, target, path, root)
-    errors: list[str] = []
-    kinds = schema.get("type")
-    if kinds is not None:
-        names = [kinds] if isinstance(kinds, str) else list(kinds)
-        if not any(_TYPES[k](value) if k in _TYPES else True for k in names if isinstance(k, str)):
-            return [f"{path}: expected {' or '.join(map(str, names))}, got {_json_type(value)}"]
-    if "enum" in schema and isinstance(schema["enum"], list) and not any(_same(value, e) for e in schema["enum"]):
-        allowed = ", ".join(json.dumps(e) for e in schema["enum"])
-        errors.append(f"{path}: must be one of {allowed}")
-    if "const" in schema and not _same(value, schema["const"]):
-        errors.append(f"{path}: must be {json.dumps(schema['const'])}")
-    for sub in schema.get("allOf") or []:
-        errors += _validate(value, sub, path, root)
-    for keyword in ("anyOf", "oneOf"):  # oneOf is checked as anyOf: exclusivity rarely matters here
-        branches = schema.get(keyword)
-        if isinstance(branches, list) and branches:
-            found = [_validate(value, branch, path, root) for branch in branches]
-            if all(found):
-                errors.append(f"{path}: matches none of the allowed forms ({'; '.join(f[0] for f in found)})")
-    if _TYPES["number"](value):
-        errors += _check_number(value, schema, path)
-    elif isinstance(value, str):
-        errors += _check_string(value, schema, path)
-    elif isinstance(value, list):
-        errors += _check_array(value, schema, path, root)
-    elif isinstance(value, dict):
-        errors += _check_object(value, schema, path, root)
-    return errors
-
-
-def _check_number(value: float, schema: dict[str, Any], path: str) -> list[str]:
-    errors = []
-    if isinstance(schema.get("minimum"), (int, float)) and value < schema["minimum"]:
-        errors.append(f"{path}: must be at least {schema['minimum']}")
-    if isinstance(schema.get("maximum"), (int, float)) and value > schema["maximum"]:
-        errors.append(f"{path}: must be at most {schema['maximum']}")
-    low, high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    if isinstance(low, (int, float)) and not isinstance(low, bool) and value <= low:
-        errors.append(f"{path}: must be greater than {low}")
-    if isinstance(high, (int, float)) and not isinstance(high, bool) and value >= high:
-        errors.append(f"{path}: must be less than {high}")
-    return errors
-
-
-def _check_string(value: str, schema: dict[str, Any], path: str) -> list[str]:
-    errors = []
-    if isinstance(schema.get("minLength"), int) and len(value) < schema["minLength"]:
-        errors.append(f"{path}: must be at least {schema['minLength']} characters long")
-    if isinstance(schema.get("maxLength"), int) and len(value) > schema["maxLength"]:
-        errors.append(f"{path}: must be at most {schema['maxLength']} characters long")
-    pattern = schema.get("pattern")
-    if isinstance(pattern, str):
-        try:
-            if re.search(pattern, value) is None:
-                errors.append(f"{path}: must match the pattern {pattern!r}")
-        except re.error:
-            pass  # a pattern Python cannot read is the schema's problem, not the model's
-    return errors
-
-
-def _check_array(value: list[Any], schema: dict[str, Any], path: str, root: Any) -> list[str]:
-    errors = []
-    if isinstance(schema.get("minItems"), int) and len(value) < schema["minItems"]:
-        errors.append(f"{path}: must have at least {schema['minItems']} items")
-    if isinstance(schema.get("maxItems"), int) and len(value) > schema["maxItems"]:
-        errors.append(f"{path}: must have at most {schema['maxItems']} items")
-    items = schema.get("items")
-    if isinstance(items, (dict, bool)):
-        for index, item in enumerate(value):
-            errors += _validate(item, items, f"{path}[{index}]", root)
-    return errors
-
-
-def _check_object(value: dict[str, Any], schema: dict[str, Any], path: str, root: Any) -> list[str]:
-    errors = []
-    for name in schema.get("required") or []:
-        if name not in value:
-            errors.append(f"{path}: the required property {name!r} is missing")
-    properties = schema.get("properties")
-    properties = properties if isinstance(properties, dict) else {}
-    extra = schema.get("additionalProperties", True)
-    for name, item in value.items():
-        if name in properties:
-            errors += _validate(item, properties[name], f"{path}.{name}", root)
-        elif extra is False:
-            errors.append(f"{path}: unexpected property {name!r} (allowed: {', '.join(properties) or 'none'})")
-        elif isinstance(extra, dict):
-            errors += _validate(item, extra, f"{path}.{name}", root)
-    return errors
-
-
-def _resolve(root: Any, ref: str) -> Any:
-    node = root
-    for part in ref.lstrip("#").split("/"):
-        if not part:
-            continue
-        part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _same(a: Any, b: Any) -> bool:
-    # In Python True == 1; in JSON a boolean is never a number.
-    return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else type(value).__name__

@@ -11,7 +11,9 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import InvalidRequest
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "cancelled"]
@@ -31,7 +33,10 @@ class TextPart(_Model):
 
 
 class ImagePart(_Model):
-    """An image given by URL (http(s) or data:) or as base64 data with its media type."""
+    """An image given by URL (http(s) or data:) or as base64 data with its media type.
+
+    A URL other than data: (or a path) is for local callers: the daemon takes images from
+    its clients as data only (llmrun/server/attachments.py)."""
 
     type: Literal["image"] = "image"
     url: str | None = None
@@ -105,6 +110,30 @@ class Message(_Model):
 
 # --- request ------------------------------------------------------------------------------
 
+SESSION_ID_MAX_LENGTH = 256
+"""Far above any tool's ids (uuids, ULIDs, `ses_...`); a longer one is not an id."""
+
+
+def check_session_id(session_id: str, *, runner: str | None = None) -> str:
+    """The id, if it can be handed to a tool; else InvalidRequest.
+
+    Ids reach the tool's command line, so one that starts with "-" could be read as an
+    option there (`--last` resumes another conversation, some flags lift the sandbox).
+    Empty ids, whitespace, control characters and absurd lengths are refused as well.
+    """
+    if not session_id:
+        problem = "is empty"
+    elif len(session_id) > SESSION_ID_MAX_LENGTH:
+        problem = f"is longer than {SESSION_ID_MAX_LENGTH} characters"
+    elif session_id.startswith("-"):
+        problem = 'starts with "-", so a tool could read it as an option'
+    elif not session_id.isprintable() or " " in session_id:
+        problem = "holds whitespace or control characters"
+    else:
+        return session_id
+    shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."
+    raise InvalidRequest(f"session id {shown!r} {problem}", runner=runner)
+
 
 class ChatRequest(_Model):
     messages: list[Message]
@@ -118,7 +147,10 @@ class ChatRequest(_Model):
     tool_choice: str | dict[str, Any] | None = None
     json_schema: dict[str, Any] | None = None
     session_id: str | None = None
-    """The tool's own session to resume; the runner then sends only the new turn."""
+    """The tool's own session to resume; the runner then sends only the new turn. An id
+    that a tool could take for an option, or that holds whitespace or control characters,
+    is refused (InvalidRequest, see `check_session_id`). The daemon never takes one from a
+    client: it resumes only ids its tools reported."""
     cwd: str | None = None
     timeout: float | None = None
     """Hard limit on the whole run, in seconds."""
@@ -128,6 +160,11 @@ class ChatRequest(_Model):
     """Let the tool use its own agent tools (shell, file edits). Off by default."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Runner-specific options (see each runner's docstring)."""
+
+    @field_validator("session_id")
+    @classmethod
+    def _safe_session_id(cls, session_id: str | None) -> str | None:
+        return None if session_id is None else check_session_id(session_id)
 
     @classmethod
     def of(cls, prompt: str, **fields: Any) -> ChatRequest:

@@ -58,7 +58,9 @@ class LiveServer:
 
     def __init__(self, config: ServerSettings, *, runners: Mapping[str, Runner] | None = None) -> None:
         self.settings = config
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on accepted connections as it does
+        # for the sockets it makes itself (else each answer on a kept-alive connection waits 40 ms).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((config.host, 0))
         self.port = self.sock.getsockname()[1]

@@ -112,7 +112,7 @@ def test_resuming_a_session_sends_only_the_new_turn() -> None:
         messages=[Message.user("first"), Message.assistant("answer"), Message.user("second")], session_id="abc"
     )
     invocation = ClaudeCodeRunner().build_invocation(request, "claude")
-    assert invocation.argv[invocation.argv.index("--resume") + 1] == "abc"
+    assert "--resume=abc" in invocation.argv and "abc" not in invocation.argv
     assert invocation.stdin == b"second"
 
 

@@ -154,7 +154,7 @@ def test_session_cwd_tools_and_timeout_reach_the_tool(claude: FakeRun, tmp_path:
     assert result.exit_code == 0, result.output
     (invocation,) = claude.invocations()
     argv = invocation["argv"]
-    assert argv[argv.index("--resume") + 1] == "abc-123"
+    assert "--resume=abc-123" in argv
     assert "--tools" not in argv  # --allow-tools leaves claude's tools on
     assert os.path.realpath(invocation["cwd"]) == os.path.realpath(work)
 
@@ -173,8 +173,8 @@ def test_continue_resumes_the_last_session(claude: FakeRun, state_file: Path) ->
     second = cli.invoke(app, ["chat", "-c", "second"])
     assert second.exit_code == 0, second.output
     first_argv, second_argv = (inv["argv"] for inv in claude.invocations())
-    assert "--resume" not in first_argv
-    assert second_argv[second_argv.index("--resume") + 1] == SESSION
+    assert not any(arg.startswith("--resume") for arg in first_argv)
+    assert f"--resume={SESSION}" in second_argv
     assert second_argv[second_argv.index("--model") + 1] == "opus"
 
 

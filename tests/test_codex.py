@@ -177,7 +177,7 @@ def test_resuming_a_session_sends_only_the_new_turn() -> None:
         cwd="/w",
     )
     inv = invocation(request)
-    assert inv.argv[-3:] == ["resume", "01a1fe8b-b019-7a13-b919-e8f59b295991", "-"]
+    assert inv.argv[-4:] == ["resume", "--", "01a1fe8b-b019-7a13-b919-e8f59b295991", "-"]
     # exec's own options come before `resume`, which has no --sandbox or -C of its own.
     assert inv.argv.index("--sandbox") < inv.argv.index("resume") and inv.argv.index("-C") < inv.argv.index("resume")
     assert inv.stdin == b"second"
@@ -212,12 +212,14 @@ def test_images_are_attached_from_data_before_any_other_option(temp_dir: Path) -
     first, second = argv[exec_at + 2], argv[exec_at + 4]
     assert first.endswith(".png") and second.endswith(".jpg")
     assert Path(first).read_bytes() == base64.b64decode(PNG) and inv.temp_files == [first, second]
+    # Private files (0600) in a private directory (0700).
+    assert Path(first).stat().st_mode & 0o777 == 0o600 and Path(first).parent.stat().st_mode & 0o777 == 0o700
     for temp in inv.temp_files:
         Path(temp).unlink()
     url = llmrun.ImagePart(url="https://e.invalid/a.png")
     with pytest.raises(llmrun.UnsupportedFeature, match="not from URLs"):
         invocation(ChatRequest(messages=[Message.user("x", images=[raw, url])]))
-    assert list(temp_dir.iterdir()) == []  # the first image's file went with the refusal
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == []  # the first image's file went with the refusal
     with pytest.raises(llmrun.UnsupportedFeature, match="base64"):
         invocation(
             ChatRequest(messages=[Message.user("x", images=[llmrun.ImagePart(data="@@", media_type="image/png")])])
@@ -484,7 +486,7 @@ async def test_resume_reports_the_turn_not_the_thread(
     assert response.session_id == thread and response.content == "Hello from mock"
     assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 7)
     (recorded,) = codex.invocations()
-    assert recorded["argv"][-3:] == ["resume", thread, "-"] and recorded["stdin"] == "second"
+    assert recorded["argv"][-4:] == ["resume", "--", thread, "-"] and recorded["stdin"] == "second"
 
 
 async def test_unknown_session_is_session_not_found(codex: FakeRun) -> None:

@@ -128,13 +128,13 @@ def test_model_tools_session_and_options_follow_the_request() -> None:
         messages=[Message.user("first"), Message.assistant("answer"), Message.user("second")],
         model="-odd-model",
         allow_tools=True,
-        session_id="-odd-id",
+        session_id="odd-id",
         options={"reasoning_effort": "high", "agent": "reviewer", "extra_args": ["--log-level", "debug"]},
     )
     inv = build(request)
     assert "--model=-odd-model" in inv.argv  # one argument: a leading dash cannot turn it into a flag
     assert "--allow-all-tools" in inv.argv and not any(a.startswith("--deny-tool") for a in inv.argv)
-    assert "--resume=-odd-id" in inv.argv
+    assert "--resume=odd-id" in inv.argv
     assert "--reasoning-effort=high" in inv.argv and "--agent=reviewer" in inv.argv
     assert inv.argv[-2:] == ["--log-level", "debug"]
     assert inv.stdin == b"second"  # only what the resumed session has not seen

@@ -1,8 +1,10 @@
-"""The process layer on its own: framing, decoding, stdin, environment, limits, pty, reaping."""
+"""The process layer on its own: framing, decoding, stdin, environment, limits, pty, reaping,
+the run's files, and tools that die with llmrun."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmrun import BinaryNotFound, ConfigError, OutputTooLarge, RunnerTimeout
-from llmrun.process import Invocation, Limits, run_command, spawn, strip_ansi
+from llmrun.process import Invocation, Limits, owner_tag, run_command, spawn, start_time, strip_ansi
 
 from .conftest import ROOT, is_alive, still_alive
 
@@ -215,3 +217,88 @@ async def test_exit_is_seen_while_a_grandchild_holds_stdout() -> None:
             return text, await child.wait()
 
     assert await asyncio.wait_for(run(), timeout=15) == ("answer\n", 0)
+
+
+async def test_temp_files_and_directories_are_removed_when_the_tool_cannot_start(tmp_path: Path) -> None:
+    temp, folder = tmp_path / "system.txt", tmp_path / "run"
+    temp.write_text("x")
+    folder.mkdir()
+    (folder / "instructions.md").write_text("x")
+    with pytest.raises(BinaryNotFound):
+        await read_lines(Invocation(["/nonexistent/binary"], temp_files=[str(temp), str(folder)]))
+    assert not temp.exists() and not folder.exists()
+
+
+async def test_temp_files_are_removed_when_a_run_is_cancelled_again_while_it_closes(tmp_path: Path) -> None:
+    # The tool takes its time to exit on SIGTERM; a second cancel arrives meanwhile.
+    temp, terminated = tmp_path / "system.txt", tmp_path / "terminated"
+    temp.write_text("x")
+    slow_to_stop = script(
+        f"""
+        import signal, time
+        def stop(*_):
+            open({str(terminated)!r}, "w").close()
+            time.sleep(2)
+            raise SystemExit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+    ready = asyncio.Event()
+
+    async def run() -> None:
+        async with spawn(Invocation(slow_to_stop, temp_files=[str(temp)]), Limits(kill_grace=60)) as child:
+            async for _ in child.lines():
+                ready.set()
+                await asyncio.sleep(600)
+
+    task = asyncio.ensure_future(run())
+    await asyncio.wait_for(ready.wait(), 30)
+    task.cancel()
+    for _ in range(3000):  # until the tool has its SIGTERM, bounded
+        if terminated.exists():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not temp.exists()
+
+
+def test_every_child_names_the_llmrun_that_started_it() -> None:
+    result = asyncio.run(run_command(script("import os; print(os.environ['LLMRUN_OWNER'])")))
+    assert result.stdout.strip() == owner_tag()
+    pid, _, started = owner_tag().partition("-")
+    assert int(pid) == os.getpid() and int(started) == start_time(os.getpid())
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
+def test_a_one_shot_tool_dies_with_a_killed_llmrun(pty: bool) -> None:
+    # Not a warm session: a plain run, in flight when its program is killed with SIGKILL.
+    program = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from llmrun.process import Invocation, Limits, spawn
+
+        async def main():
+            async with spawn(Invocation(["sleep", "600"], pty={pty}), Limits(stall_timeout=None)) as child:
+                print(child.pid, flush=True)
+                async for _ in child.chunks():
+                    pass
+
+        asyncio.run(main())
+        """
+    )
+    llmrun = subprocess.Popen([PY, "-c", program], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert llmrun.stdout is not None
+        tool = int(llmrun.stdout.readline())
+        assert is_alive(tool)
+        llmrun.kill()
+        llmrun.wait(timeout=30)
+        assert still_alive([tool], within=30) == []
+    finally:
+        llmrun.kill()
+        llmrun.wait(timeout=30)

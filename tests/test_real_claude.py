@@ -298,11 +298,11 @@ async def test_long_system_prompt_goes_through_a_temp_file(
                 # While claude runs: its command line names the file, not the text.
                 (cmdline,) = [cmd for _, cmd in processes_in(workdir)]
                 assert "--system-prompt-file" in cmdline and "Regel" not in cmdline, cmdline
-                seen_file = [p.name for p in temp_dir.iterdir()]
-    assert seen_file and all(name.startswith("llmrun-system-") for name in seen_file), seen_file
+                seen_file = [p.name for p in temp_dir.rglob("*") if p.is_file()]
+    assert seen_file and all(name.startswith("system-") for name in seen_file), seen_file
 
     assert last_request(api)["system"][-1]["text"] == system
-    assert list(temp_dir.iterdir()) == [], "the system prompt file was not removed"
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == [], "the system prompt file was not removed"
 
 
 async def test_200kb_prompt_arrives_intact(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:

@@ -232,7 +232,7 @@ async def test_system_prompt_replaces_the_base_instructions(
     developer = messages(last_request(api), "developer")
     assert texts(developer[0]) == [system]
     assert not any("Codex" in text for text in texts(developer[0]))
-    assert list(temp_dir.iterdir()) == [], "the system prompt file was not removed"
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == [], "the system prompt file was not removed"
 
 
 async def test_history_without_a_session_is_flattened(runner: CodexRunner, api: MockResponses, workdir: str) -> None:

@@ -143,7 +143,7 @@ async def test_long_system_prompt_goes_through_a_fragment_file(
 
     # llm strips a fragment's trailing newline.
     assert json.loads(response.content)["system"] == system.rstrip("\n")
-    assert list(temp_dir.iterdir()) == [], "the run's temp files were not removed"
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == [], "the run's temp files were not removed"
 
 
 async def test_mock_chat_answers_with_usage(runner: LlmRunner, api: MockOpenAIChat, workdir: str) -> None:

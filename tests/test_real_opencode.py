@@ -184,7 +184,7 @@ async def test_system_prompt_replaces_opencodes_own(
     system = text_of(last_request(api)["messages"][0]["content"])
     assert system.startswith("-Rule one. {env:HOME}\n\nRule two.")  # as written, not substituted
     assert "You are opencode" not in system
-    assert list(temp_dir.iterdir()) == [], "the run's temp files were not removed"
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == [], "the run's temp files were not removed"
 
 
 async def test_200kb_prompt_arrives_intact(runner: OpencodeRunner, api: MockOpenAIChat, workdir: str) -> None:

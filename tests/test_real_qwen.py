@@ -240,7 +240,7 @@ async def test_long_system_prompt_goes_through_a_file(
     assert seen and not any("Regel" in cmd for cmd in seen), seen
 
     assert text_of(last_request(api)["messages"][0]["content"]).startswith(system)
-    assert list(temp_dir.iterdir()) == [], "the run's temp files were not removed"
+    assert [p for p in temp_dir.rglob("*") if p.is_file()] == [], "the run's temp files were not removed"
 
 
 async def test_200kb_prompt_arrives_intact(runner: QwenRunner, api: MockOpenAIChat, workdir: str) -> None:

@@ -305,7 +305,8 @@ def test_bad_requests_are_400(server: LiveServer, oai: openai.OpenAI) -> None:
         oai.chat.completions.create(model="claude", messages=[{"role": "wizard", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], n=2)
-    bad = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=10)
+    json_type = {"content-type": "application/json"}
+    bad = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", headers=json_type, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
     missing = httpx.post(f"{server.url}/v1/nothing-here", json={}, timeout=10)
     assert missing.status_code == 404 and "error" in missing.json()
@@ -376,10 +377,12 @@ def test_openai_tool_calls_are_emulated(scripted_server: tuple[LiveServer, Scrip
     ]
     after = client.chat.completions.create(model="scripted", messages=messages, tools=[WEATHER_TOOL])
     assert after.choices[0].message.content == "It is sunny." and after.choices[0].finish_reason == "stop"
+    # The history sent back holds the call as the client got it: the tool's session goes on.
+    assert runner.requests[-1].session_id == "scripted-session-2"  # the streamed answer's session
 
 
 def test_anthropic_tool_use_is_emulated(scripted_server: tuple[LiveServer, ScriptedRunner]) -> None:
-    live, _ = scripted_server
+    live, runner = scripted_server
     client = anthropic.Anthropic(base_url=live.url, api_key="k", max_retries=0, timeout=20)
     tools = [{"name": "get_weather", "description": "Weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}]
     with client.messages.stream(
@@ -402,6 +405,7 @@ def test_anthropic_tool_use_is_emulated(scripted_server: tuple[LiveServer, Scrip
         ],
     )
     assert plain.stop_reason == "end_turn" and plain.content[0].text == "It is rainy."
+    assert runner.requests[-1].session_id == "scripted-session-1"  # the history sent back matched the stream's
 
 
 # --- listing and health -------------------------------------------------------------------

@@ -145,7 +145,8 @@ def test_big_bodies_are_413(claude: FakeRun, tmp_path: Path) -> None:
             for start in range(0, len(data), 1000):
                 yield data[start : start + 1000]
 
-        chunked = httpx.post(live.url + "/v1/messages", content=chunks(), timeout=10)
+        json_type = {"content-type": "application/json"}
+        chunked = httpx.post(live.url + "/v1/messages", content=chunks(), headers=json_type, timeout=10)
         assert chunked.status_code == 413
         assert chunked.json()["error"]["type"] == "request_too_large"
         small = httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10)
@@ -187,6 +188,20 @@ def test_prompts_are_not_logged_above_debug(claude: FakeRun, tmp_path: Path, cap
         caplog.set_level(logging.DEBUG, logger="llmrun")
         assert httpx.post(live.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
     assert [r.levelno for r in caplog.records if secret in r.getMessage()] == [logging.DEBUG]
+
+
+def test_tools_never_see_the_servers_api_key(
+    claude: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tool allowed to run commands could print its environment to any client.
+    monkeypatch.setenv("LLMRUN_API_KEY", KEY)
+    with LiveServer(load_settings({"sessions": tmp_path / "s.sqlite3", "max_warm": 0})) as live:
+        assert live.settings.api_key == KEY
+        body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.post(live.url + "/v1/chat/completions", json=body, headers=headers, timeout=10).status_code == 200
+    (run,) = claude.invocations()
+    assert "LLMRUN_API_KEY" not in run["env"] and KEY not in str(run["env"])
 
 
 # --- settings -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Conversations over a stateless API: a client's conversation id → the tool's own session.
+"""Conversations over a stateless API: a client's history or conversation id → the tool's own session.
 
 The claude fake records the argv and stdin of every run, which shows whether a turn
 resumed a session (`--resume ID`) and whether only the new turn was sent.
@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from llmrun.errors import SessionNotFound
+from llmrun.server.conversations import for_request, scope_of
 from llmrun.types import ChatRequest
 
 from .conftest import FakeRun
@@ -42,6 +43,13 @@ def ask(live: LiveServer, history: list[dict[str, Any]], conversation: str | Non
     return done.choices[0].message.content or ""
 
 
+def named(name: str, api_key: str | None = None) -> str:
+    """The store key of a conversation named `name` with X-Llmrun-Session."""
+    key = for_request(scope_of(api_key), name).named
+    assert key is not None
+    return key
+
+
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
@@ -58,7 +66,9 @@ def last_run(claude: FakeRun) -> dict[str, Any]:
 
 def resumed(run: dict[str, Any]) -> str | None:
     argv = run["argv"]
-    return argv[argv.index("--resume") + 1] if "--resume" in argv else None
+    if "--resume" in argv:
+        return str(argv[argv.index("--resume") + 1])
+    return next((arg.partition("=")[2] for arg in argv if arg.startswith("--resume=")), None)
 
 
 def test_second_turn_resumes_the_session_after_a_restart(claude: FakeRun, tmp_path: Path) -> None:
@@ -75,27 +85,69 @@ def test_second_turn_resumes_the_session_after_a_restart(claude: FakeRun, tmp_pa
     assert second["stdin"] == "second question"  # only the new turn; the session holds the rest
 
 
-def test_openai_user_and_anthropic_metadata_name_conversations(claude: FakeRun, tmp_path: Path) -> None:
+def test_end_user_ids_neither_join_nor_expose_conversations(claude: FakeRun, tmp_path: Path) -> None:
+    """OpenAI `user` and Anthropic `metadata.user_id` name a person: two chats of one user stay
+    apart, and another client claiming the same user reaches nothing of the first chat."""
     with LiveServer(settings(tmp_path)) as live:
-        ask(live, [user("a")], conversation=None, user="alice")
-        ask(live, [user("a"), assistant(TEXT), user("b")], conversation=None, user="alice")
-        assert resumed(last_run(claude)) == SESSION
+        ask(live, [user("my secret is 42")], conversation=None, user="alice")
+        ask(live, [user("what did I just tell you?")], conversation=None, user="alice")
+        assert resumed(last_run(claude)) is None
+        ask(live, [user("hi"), assistant(TEXT), user("what did I say?")], conversation=None, user="alice")
+        assert resumed(last_run(claude)) is None
 
         sdk = anthropic.Anthropic(base_url=live.url, api_key="k", max_retries=0, timeout=20)
-        for history in ([user("x")], [user("x"), assistant(TEXT), user("y")]):
-            sdk.messages.create(model="claude", max_tokens=10, messages=history, metadata={"user_id": "bob"})
+        sdk.messages.create(model="claude", max_tokens=10, messages=[user("x")], metadata={"user_id": "bob"})
+        sdk.messages.create(model="claude", max_tokens=10, messages=[user("y")], metadata={"user_id": "bob"})
+        assert resumed(last_run(claude)) is None
+
+
+def test_the_whole_history_continues_its_conversation_without_an_id(claude: FakeRun, tmp_path: Path) -> None:
+    with LiveServer(settings(tmp_path)) as live:
+        ask(live, [user("one")], conversation=None)
+        sdk = anthropic.Anthropic(base_url=live.url, api_key="k", max_retries=0, timeout=20)
+        sdk.messages.create(model="claude", max_tokens=10, messages=[user("one")], system="be brief")
+
+        ask(live, [user("one"), assistant(TEXT), user("two")], conversation=None)
+        run = last_run(claude)
+        assert resumed(run) == SESSION and run["stdin"] == "two"
+        # Anthropic's `system` is part of the history: the same messages under another one are
+        # another conversation.
+        follow_up = [user("one"), assistant(TEXT), user("two")]
+        sdk.messages.create(model="claude", max_tokens=10, messages=follow_up, system="be brief")
         assert resumed(last_run(claude)) == SESSION
-        # Different conversations, different rows.
-        assert live.state.store.get("claude_code", "alice") is not None
-        assert live.state.store.get("claude_code", "bob") is not None
-        assert live.state.store.get("claude_code", "carol") is None
+        sdk.messages.create(model="claude", max_tokens=10, messages=follow_up, system="be verbose")
+        assert resumed(last_run(claude)) is None
+
+        # A history nobody stored, or one that the conversation has moved past, starts afresh.
+        ask(live, [user("other"), assistant(TEXT), user("two")], conversation=None)
+        assert resumed(last_run(claude)) is None
+        ask(live, [user("one"), assistant(TEXT), user("two, again")], conversation=None)
+        run = last_run(claude)
+        assert resumed(run) is None and "one" in run["stdin"]
+
+        # Whitespace and the order of keys a client re-serialises do not break the match.
+        ask(live, [user("one"), assistant(TEXT), user("two"), assistant(f"  {TEXT}\n"), user("3")], conversation=None)
+        assert resumed(last_run(claude)) == SESSION
+
+
+def test_a_named_conversation_belongs_to_the_api_key_that_made_it(claude: FakeRun, tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    for key in ("key-one", "key-two"):
+        with LiveServer(settings(tmp_path, sessions=path, api_key=key)) as live:
+            sdk = openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=20)
+            headers = {"X-Llmrun-Session": "shared-name"}
+            sdk.chat.completions.create(model="claude", messages=[user("turn")], extra_headers=headers)
+            first = resumed(last_run(claude))
+            sdk.chat.completions.create(model="claude", messages=[user("next")], extra_headers=headers)
+            # Under the second key, the first turn does not reach the first key's conversation.
+            assert (first, resumed(last_run(claude))) == (None, SESSION)
 
 
 def test_mapping_follows_each_successful_turn_and_ignores_failed_ones(claude: FakeRun, tmp_path: Path) -> None:
     with LiveServer(settings(tmp_path)) as live:
         store = live.state.store
         ask(live, [user("one")])
-        first = store.get("claude_code", "conv-1")
+        first = store.get("claude_code", named("conv-1"))
         assert first is not None and (first.session_id, first.messages) == (SESSION, 2)
 
         # A turn that fails mid-way (the tool dies after its first delta) changes nothing.
@@ -105,13 +157,13 @@ def test_mapping_follows_each_successful_turn_and_ignores_failed_ones(claude: Fa
         with pytest.raises(openai.APIStatusError):
             ask(live, history)
         assert resumed(last_run(claude)) == SESSION
-        assert store.get("claude_code", "conv-1") == first
+        assert store.get("claude_code", named("conv-1")) == first
 
         # The same turn again succeeds; the tool answers in another session, which is kept.
         claude.fault("")
         ask(live, history)
         assert resumed(last_run(claude)) == SESSION
-        second = store.get("claude_code", "conv-1")
+        second = store.get("claude_code", named("conv-1"))
         assert second is not None and (second.session_id, second.messages) == (THINKING_SESSION, 4)
 
         ask(live, [*history, assistant("Hello after thinking"), user("three")])
@@ -123,7 +175,7 @@ def test_a_failed_first_turn_stores_nothing(claude: FakeRun, tmp_path: Path) -> 
     with LiveServer(settings(tmp_path)) as live:
         with pytest.raises(openai.AuthenticationError):
             ask(live, [user("one")])
-        assert live.state.store.get("claude_code", "conv-1") is None
+        assert live.state.store.get("claude_code", named("conv-1")) is None
         claude.scenario("mock-stream-json-partial")
         ask(live, [user("one")])
         assert resumed(last_run(claude)) is None
@@ -137,7 +189,7 @@ def test_an_edited_history_starts_a_new_session(claude: FakeRun, tmp_path: Path)
         run = last_run(claude)
         assert resumed(run) is None
         assert "something else" in run["stdin"]  # the whole history goes to the tool instead
-        held = live.state.store.get("claude_code", "conv-1")
+        held = live.state.store.get("claude_code", named("conv-1"))
         assert held is not None and held.messages == 6
 
 
@@ -149,14 +201,15 @@ def test_a_client_sending_only_new_turns_resumes_too(claude: FakeRun, tmp_path: 
     assert resumed(run) == SESSION and run["stdin"] == "two"
 
 
-def test_without_a_conversation_nothing_is_stored(claude: FakeRun, tmp_path: Path) -> None:
+def test_a_conversation_keeps_one_row_as_it_moves_on(claude: FakeRun, tmp_path: Path) -> None:
     path = tmp_path / "sessions.sqlite3"
     with LiveServer(settings(tmp_path, sessions=path)) as live:
-        ask(live, [user("one")], conversation=None)
-        ask(live, [user("one"), assistant(TEXT), user("two")], conversation=None)
-        assert resumed(last_run(claude)) is None
+        history = [user("one")]
+        for text in ("two", "three", "four"):
+            ask(live, history, conversation=None)
+            history += [assistant(TEXT), user(text)]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (1,)
 
 
 def test_a_session_the_tool_lost_is_replaced_by_the_history(tmp_path: Path) -> None:
@@ -177,7 +230,7 @@ def test_a_session_the_tool_lost_is_replaced_by_the_history(tmp_path: Path) -> N
         lost, replay = runner.requests[-2:]
         assert lost.session_id == "scripted-session-1"
         assert replay.session_id is None and len(replay.conversation()) == 3
-        held = live.state.store.get("scripted", "c")
+        held = live.state.store.get("scripted", named("c"))
         assert held is not None and held.session_id == "scripted-session-2"
 
 
@@ -213,3 +266,15 @@ async def test_turns_of_one_conversation_run_one_at_a_time(tmp_path: Path) -> No
             ]
             await asyncio.gather(*other)
             assert most > 1  # different conversations do run side by side
+
+
+def test_conversations_untouched_for_a_month_are_forgotten(tmp_path: Path) -> None:
+    from llmrun.server.sessions import FORGET_AFTER, SessionStore, StoredSession
+
+    store = SessionStore(tmp_path / "sessions.sqlite3")
+    store.put("claude_code", "h:old", StoredSession("s-old", 2, None))
+    store.put("claude_code", "h:new", StoredSession("s-new", 2, None))
+    store._db.execute("UPDATE sessions SET updated = updated - ? WHERE conversation = 'h:old'", (FORGET_AFTER + 60,))
+    assert store.prune() == 1
+    assert store.get("claude_code", "h:old") is None and store.get("claude_code", "h:new") is not None
+    store.close()

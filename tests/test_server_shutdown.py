@@ -43,7 +43,8 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmrun", "serve", "--port", str(self.port), *args],
+            # One-shot runs: warm sessions are stopped by tests/test_server_warm.py.
+            [sys.executable, "-m", "llmrun", "serve", "--port", str(self.port), "--max-warm", "0", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

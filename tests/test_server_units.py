@@ -51,15 +51,11 @@ def test_openai_messages_map_to_llmrun_messages() -> None:
         }
     )
     request = parsed.request
-    assert (parsed.model, parsed.stream, parsed.include_usage, parsed.conversation) == (
-        "claude_code/sonnet",
-        True,
-        True,
-        "u-1",
-    )
+    assert (parsed.model, parsed.stream, parsed.include_usage) == ("claude_code/sonnet", True, True)
     system, question, call, result = request.messages
     assert system.role == "system" and system.text == "Be terse"
-    assert question.content == [TextPart(text="What is this?"), ImagePart(url="data:image/png;base64,AAAA")]
+    # The data: URL arrives decoded and checked, as data: no runner sees a client's URL.
+    assert question.content == [TextPart(text="What is this?"), ImagePart(data="AAAA", media_type="image/png")]
     assert call.tool_calls == [ToolCall(id="call_1", name="look", arguments={"x": 1})]
     assert (result.role, result.tool_call_id, result.name, result.text) == ("tool", "call_1", "look", "a cat")
     assert (request.max_tokens, request.temperature, request.json_schema) == (50, 0.2, {"type": "object"})
@@ -157,7 +153,7 @@ def test_anthropic_messages_map_to_llmrun_messages() -> None:
         }
     )
     request = parsed.request
-    assert parsed.conversation == "conv" and request.system == "A\n\nB"
+    assert request.system == "A\n\nB"
     assert request.tool_choice == {"type": "function", "function": {"name": "look"}}
     assert request.tools is not None and request.tools[0].parameters == {"type": "object"}
     roles = [m.role for m in request.messages]

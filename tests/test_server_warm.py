@@ -30,6 +30,7 @@ import pytest
 from llmrun import process
 from llmrun.errors import ConfigError, SessionNotFound
 from llmrun.runners.base import Runner
+from llmrun.server.conversations import for_request
 from llmrun.server.sessions import StoredSession
 from llmrun.server.settings import load_settings, max_warm_for
 from llmrun.server.warm import reap_orphans
@@ -163,6 +164,12 @@ class FakeWarmRunner(Runner):
 # --- helpers ------------------------------------------------------------------------------
 
 
+def named(name: str) -> str:
+    key = for_request("", name).named
+    assert key is not None
+    return key
+
+
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
@@ -217,7 +224,7 @@ def test_turns_of_one_conversation_share_one_started_session(runner: FakeWarmRun
         assert (session.starts, session.turns, session.closed) == (1, 2, False)
         assert [texts(sent) for sent in session.sent] == [["one"], ["two"]]  # only the new message the second time
         assert runner.one_shots == []
-        stored = live.state.store.get("fakewarm", "c1")
+        stored = live.state.store.get("fakewarm", named("c1"))
         assert stored is not None and (stored.session_id, stored.messages) == (session.id, 4)
 
 
@@ -279,12 +286,12 @@ def test_an_edited_history_starts_a_fresh_session(runner: FakeWarmRunner, tmp_pa
 def test_a_session_the_tool_lost_is_replaced_by_the_history(runner: FakeWarmRunner, tmp_path: Path) -> None:
     runner.lost.add("gone")
     with server(runner, tmp_path) as live:
-        live.state.store.put("fakewarm", "c1", StoredSession("gone", 2, None))
+        live.state.store.put("fakewarm", named("c1"), StoredSession("gone", 2, None))
         chat(live, [user("one"), assistant("earlier"), user("two")], "c1")
         lost, fresh = runner.sessions
         assert lost.settings.resume == "gone" and lost.closed
         assert fresh.settings.resume is None and texts(fresh.sent[0]) == ["one", "earlier", "two"]
-        stored = live.state.store.get("fakewarm", "c1")
+        stored = live.state.store.get("fakewarm", named("c1"))
         assert stored is not None and (stored.session_id, stored.messages) == (fresh.id, 4)
 
 
@@ -304,14 +311,28 @@ def test_a_client_leaving_mid_turn_interrupts_and_keeps_the_process(runner: Fake
         assert runner.sessions == [session] and session.starts == 1 and not session.closed
 
 
+def test_a_new_chat_whose_first_turn_fails_leaves_no_process(runner: FakeWarmRunner, tmp_path: Path) -> None:
+    """Until its first answer a chat without an id has no key a client could send: its process
+    would sit unreachable, so it is closed with the turn."""
+    with server(runner, tmp_path) as live:
+        body = {"model": "fakewarm", "stream": True, "messages": [user("please hang")]}
+        with httpx.stream("POST", f"{live.url}/v1/chat/completions", json=body, timeout=WAIT) as r:
+            for line in r.iter_lines():
+                if "Hello" in line:
+                    break  # leave after the first delta
+        (session,) = runner.sessions
+        wait_until(lambda: session.closed, "the unreachable session to close")
+        assert session.interrupts == 1 and live.state.warm.entries == []
+
+
 def test_requests_the_session_cannot_take_run_one_shot(runner: FakeWarmRunner, tmp_path: Path) -> None:
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     with server(runner, tmp_path) as live:
         assert chat(live, [user("one")], "c1", response_format=schema) == "Hello from one-shot"
-        assert chat(live, [user("one")], None) == "Hello from one-shot"  # no conversation, no spare
-    assert runner.sessions == [] and len(runner.one_shots) == 2
+    assert runner.sessions == [] and len(runner.one_shots) == 1
     with server(runner, tmp_path, max_warm=0) as live:
         chat(live, [user("one")], "c2")
+        chat(live, [user("one")], None)
     assert runner.sessions == [] and len(runner.one_shots) == 3
 
 
@@ -331,7 +352,7 @@ def test_a_pool_full_of_busy_sessions_runs_the_turn_one_shot(runner: FakeWarmRun
 
 
 def test_a_spare_serves_a_new_conversation_and_is_replaced(runner: FakeWarmRunner, tmp_path: Path) -> None:
-    with server(runner, tmp_path, max_warm=3, prewarm={"fakewarm": 1}) as live:
+    with server(runner, tmp_path, max_warm=4, prewarm={"fakewarm": 1}) as live:
         wait_until(lambda: spares_ready(live), "the spare to start")
         (spare,) = runner.sessions
         assert spare.starts == 1 and spare.turns == 0
@@ -346,12 +367,12 @@ def test_a_spare_serves_a_new_conversation_and_is_replaced(runner: FakeWarmRunne
         chat(live, [user("one")], "c2", model="fakewarm/two")
         assert replacement.turns == 0 and runner.sessions[-1].settings.model == "two"
 
-        # A request without a conversation may take the spare too; its process ends with the turn.
-        pids = replacement.pids()
+        # A new chat without an id takes the spare too and keeps it: the client's next turn,
+        # which sends the whole history, goes on in the same process.
         chat(live, [user("one")], None)
-        assert replacement.turns == 1
-        wait_until(lambda: replacement.closed, "the one-shot spare to close")
-        assert pids and still_alive(pids, WAIT) == []
+        chat(live, [user("one"), assistant("Hello from warm"), user("two")], None)
+        assert replacement.turns == 2 and not replacement.closed
+        assert texts(replacement.sent[1]) == ["two"]
         wait_until(lambda: spares_ready(live), "yet another spare")
         assert runner.one_shots == []
         assert not spare.closed  # the first conversation kept its process throughout
@@ -381,7 +402,7 @@ def test_runners_route_shows_warm_sessions_and_limits(runner: FakeWarmRunner, tm
     (fake,) = [r for r in body["data"] if r["name"] == "fakewarm"]
     (session,) = fake["warm"]["sessions"]
     (spare,) = fake["warm"]["spares"]
-    assert session["conversation"] == "c1" and session["model"] == "one" and session["turns"] == 1
+    assert session["conversation"] == named("c1") and session["model"] == "one" and session["turns"] == 1
     assert spare["model"] == "two" and spare["conversation"] is None
     for shown in (session, spare):
         assert shown["pids"] and shown["rss_bytes"] > 0

@@ -17,7 +17,7 @@ import typer
 from ..errors import SessionNotFound, UnsupportedFeature
 from ..registry import get_runner
 from ..runners.base import Runner
-from ..types import ChatChunk, ChatRequest, ChatResponse
+from ..types import ChatChunk, ChatRequest, ChatResponse, check_session_id
 from . import render, selection, state
 
 T = TypeVar("T")
@@ -189,6 +189,8 @@ def run(
     """The whole `chat` command; returns the exit code."""
     if session and continuing:
         raise typer.BadParameter("give either --session or --continue, not both")
+    if session is not None:
+        check_session_id(session)  # before a runner is chosen or anything runs
     interactive = wants_interactive(prompt, opts)
     text = None if interactive else read_prompt(prompt)
     runner = get_runner(choose_runner(runner_name, continuing=continuing))

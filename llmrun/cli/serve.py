@@ -59,6 +59,12 @@ def serve(
     shutdown_timeout: Optional[float] = typer.Option(
         None, "--shutdown-timeout", metavar="SECONDS", help="On SIGTERM, runs get this long to finish (default 30)."
     ),
+    max_warm: Optional[int] = typer.Option(
+        None,
+        "--max-warm",
+        metavar="N",
+        help="Live tool processes kept between turns (default from free memory; 0: none).",
+    ),
     log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
     """Serve the OpenAI and Anthropic APIs over the installed runners (needs `pip install 'llmrun[server]'`)."""
@@ -79,6 +85,7 @@ def serve(
         "allowed_hosts": allowed_host or None,
         "cors_origins": cors_origin or None,
         "shutdown_timeout": shutdown_timeout,
+        "max_warm": max_warm,
     }
     try:
         try:

@@ -7,7 +7,8 @@ A small JSON file at `$XDG_STATE_HOME/llmrun/state.json` (default
      "sessions": {"claude_code": {"session_id": "…", "model": "sonnet", "updated": 1760000000}}}
 
 It is a convenience: a file that cannot be read counts as empty, and one that cannot be
-written is skipped, so a chat never fails because of it.
+written is skipped, so a chat never fails because of it. Only its owner may read it (mode
+0600, in a directory of mode 0700 when llmrun creates it).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .. import private
 
 
 def state_path() -> Path:
@@ -69,13 +71,5 @@ def remember(runner: str, session_id: str, model: str | None) -> None:
     data["last_runner"] = runner
     path = state_path()
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private.write_atomically(path, json.dumps(data, indent=2))

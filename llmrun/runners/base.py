@@ -11,6 +11,7 @@ and how the tool says it is logged in.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import shutil
@@ -20,7 +21,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .. import process
+from .. import private, process
 from ..config import RunnerSettings, runner_settings
 from ..errors import (
     AuthenticationError,
@@ -44,6 +45,7 @@ from ..types import (
     HealthReport,
     ModelInfo,
     RunnerMetadata,
+    check_session_id,
 )
 
 
@@ -79,9 +81,60 @@ def json_object(line: str) -> dict[str, Any] | None:
         return None
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
         return None
     return event if isinstance(event, dict) else None
+
+
+# A tool's JSON may hold any type where another was expected (a newer or broken version):
+# parsers read fields through these, so a value of the wrong type counts as absent.
+
+
+def as_text(value: Any) -> str | None:
+    """A non-empty string, else None."""
+    return value if isinstance(value, str) and value else None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """A JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def as_count(value: Any) -> int | None:
+    """A count: an integer (a float is truncated); None for anything else, booleans and
+    numbers too large for a float (which JSON gives as infinity) included."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def as_number(value: Any) -> float | None:
+    """A finite number as a float (a cost, say); None for anything else, booleans included."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_count(digits: str) -> int | None:
+    """A count a tool printed as text (thousands separated by commas or not); None when the
+    text holds no digits, or more than Python converts to a number."""
+    try:
+        return int(digits.replace(",", ""))
+    except ValueError:
+        return None
 
 
 class Runner(ABC):
@@ -159,6 +212,8 @@ class Runner(ABC):
         """
         from ..sessions import ResumingSession, SessionSettings, WarmSession
 
+        if resume is not None:
+            check_session_id(resume, runner=self.name)
         settings = SessionSettings(
             model=model,
             system=system,
@@ -287,6 +342,14 @@ class CliRunner(Runner):
     def model_for(self, request: ChatRequest) -> str | None:
         return request.model or self.default_model
 
+    def session_to_resume(self, request: ChatRequest) -> str | None:
+        """The session id for the command line, if the request names one. It is checked
+        again here, for a request changed after it was validated (`model_copy`): the tool
+        must never get an id it could read as an option."""
+        if not request.session_id:
+            return None
+        return check_session_id(request.session_id, runner=self.name)
+
     def limits_for(self, request: ChatRequest) -> process.Limits:
         return process.Limits(
             stall_timeout=request.stall_timeout or self.stall_timeout,
@@ -310,8 +373,12 @@ class CliRunner(Runner):
             raise UnsupportedFeature(f"{self.display_name} has no structured output option", runner=self.name)
 
     def prepared_invocation(self, request: ChatRequest) -> process.Invocation:
-        """The tool's invocation for a request, with the settings' extra arguments and env."""
-        invocation = self.build_invocation(request, self.resolve_binary())
+        """The tool's invocation for a request, with the settings' extra arguments and env.
+
+        Its files go with the run (`process.spawn` removes them); a command line that fails
+        after its first file was written takes its files with it."""
+        with private.removed_on_failure():
+            invocation = self.build_invocation(request, self.resolve_binary())
         if self.extra_args:
             invocation.argv[self.extra_args_at : self.extra_args_at] = self.extra_args
         invocation.env = {**self.env, **invocation.env}
@@ -319,10 +386,12 @@ class CliRunner(Runner):
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         self.check_request(request)
-        invocation = self.prepared_invocation(request)
         parser = self.new_parser(request)
+        limits = self.limits_for(request)
+        # Nothing may fail between this and spawn, which removes the invocation's files.
+        invocation = self.prepared_invocation(request)
         held: list[ChatChunk] = []  # final chunks wait until the exit status is known
-        async with process.spawn(invocation, self.limits_for(request)) as child:
+        async with process.spawn(invocation, limits) as child:
             try:
                 source = child.lines() if self.framing == "lines" else child.text()
                 async with aclosing(source) as pieces:

@@ -3,7 +3,8 @@
 The prompt goes over stdin (never argv: visible in `ps`, limited to 128 KiB), text streams
 token by token (`--include-partial-messages`), and the built-in agent tools are off
 (`--tools ""`) unless the request allows them. A session named in the request is resumed
-with `--resume`; otherwise history is flattened into the prompt.
+with `--resume=<id>` (one argument, so no id is read as a flag); otherwise history is
+flattened into the prompt.
 
 Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
 `max_budget_usd`, `fallback_model`, and `extra_args` (a list appended to the command).
@@ -12,11 +13,9 @@ Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import TYPE_CHECKING
 
-from .. import process
+from .. import private, process
 from ..errors import ProcessFailed, RunnerError, SessionNotFound
 from ..prompting import prompt_for
 from ..types import Capabilities, ChatRequest
@@ -73,6 +72,7 @@ class ClaudeCodeRunner(CliRunner):
     )
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        session = self.session_to_resume(request)  # checked before any file is written
         argv = [binary, "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
         if model := self.model_for(request):
             argv += ["--model", model]
@@ -83,11 +83,11 @@ class ClaudeCodeRunner(CliRunner):
             if len(system.encode()) <= SYSTEM_PROMPT_ARGV_LIMIT:
                 argv += ["--system-prompt", system]
             else:
-                path = _write_temp(system)
+                path = private.write_file(system, prefix="system-", suffix=".txt")
                 temp_files.append(path)
                 argv += ["--system-prompt-file", path]
-        if request.session_id:
-            argv += ["--resume", request.session_id]
+        if session:
+            argv.append(f"--resume={session}")  # one argument: the id can never be read as a flag
         prompt = prompt_for(request)
         if request.json_schema is not None:
             argv += ["--json-schema", json.dumps(request.json_schema)]
@@ -142,10 +142,3 @@ class ClaudeCodeRunner(CliRunner):
 
     def login_hint(self) -> str | None:
         return ClaudeParser.login_hint
-
-
-def _write_temp(text: str) -> str:
-    fd, path = tempfile.mkstemp(prefix="llmrun-system-", suffix=".txt")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path

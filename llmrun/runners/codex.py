@@ -5,10 +5,11 @@ it always gets the prompt and then EOF). Codex prints whole items, not token del
 answer message and reasoning summary arrives complete. The model comes from `-m` (by
 default codex 0.169's own default, `gpt-6.1-sol`), the working directory from `-C` (and
 the process's own cwd). A session named in the request is resumed with
-`codex exec resume <id>`; otherwise history is flattened into the prompt. The system
-prompt replaces codex's base instructions (`model_instructions_file`, a temporary file,
-so it is neither visible in `ps` nor bounded by argv limits). Images given as data are
-attached from temporary files (`-i`); codex takes no image URLs.
+`codex exec resume -- <id> -` (after `--`, so no id is read as a flag such as `--last`);
+otherwise history is flattened into the prompt. The system prompt replaces codex's base
+instructions (`model_instructions_file`, a temporary file, so it is neither visible in
+`ps` nor bounded by argv limits). Images given as data are attached from private files
+(`-i`, see llmrun/images.py); codex takes no image URLs.
 
 Agent tools are off unless the request allows them: the run is in the `read-only`
 sandbox with no approval bypass, and codex is not offered its shell, image viewer, web
@@ -53,17 +54,14 @@ added to the `codex exec` options).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import glob
 import json
 import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Any
 
-from .. import process
+from .. import images, private, process
 from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -77,7 +75,7 @@ from ..errors import (
 )
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
-from .base import CliRunner, Parser, json_object
+from .base import CliRunner, Parser, as_count, as_text, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -158,7 +156,7 @@ def usage_counts(usage: Any) -> dict[str, int]:
     """The integer fields of a codex usage object (`turn.completed`, session files)."""
     if not isinstance(usage, dict):
         return {}
-    return {k: int(v) for k, v in usage.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {key: count for key, value in usage.items() if (count := as_count(value)) is not None}
 
 
 def usage_from(counts: dict[str, int]) -> Usage:
@@ -234,9 +232,9 @@ class CodexParser(Parser):
     def _item(self, item: dict[str, Any], *, completed: bool) -> list[ChatChunk]:
         kind = item.get("type")
         if kind == "agent_message":
-            return [self._text(item.get("text"))] if completed and item.get("text") else []
+            return [self._text(text)] if completed and (text := as_text(item.get("text"))) else []
         if kind == "reasoning":
-            return [self._thinking(item.get("text"))] if completed and item.get("text") else []
+            return [self._thinking(text)] if completed and (text := as_text(item.get("text"))) else []
         if kind == "error":
             # Non-fatal: unknown model metadata, ignored settings, a transport fallback.
             if completed and item.get("message"):
@@ -304,16 +302,16 @@ class CodexParser(Parser):
         )
         return chunks
 
-    def _text(self, text: Any) -> ChatChunk:
+    def _text(self, text: str) -> ChatChunk:
         # A later message (the answer after a tool ran) starts a new paragraph.
         prefix = "\n\n" if self._sent_text else ""
         self._sent_text = True
-        return ChatChunk(delta=prefix + str(text))
+        return ChatChunk(delta=prefix + text)
 
-    def _thinking(self, text: Any) -> ChatChunk:
+    def _thinking(self, text: str) -> ChatChunk:
         prefix = "\n\n" if self._sent_thinking else ""
         self._sent_thinking = True
-        return ChatChunk(thinking=prefix + str(text))
+        return ChatChunk(thinking=prefix + text)
 
 
 def _service_refused(reason: str) -> bool:
@@ -402,6 +400,7 @@ class CodexRunner(CliRunner):
     )
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        session = self.session_to_resume(request)  # checked before any file is written
         options = request.options
         user_args = [*self.extra_args, *(str(a) for a in options.get("extra_args", []))]
         sandbox = self._sandbox(request, user_args)
@@ -452,8 +451,8 @@ class CodexRunner(CliRunner):
         for key, value in settings:
             argv += ["-c", f"{key}={value}"]
         argv += ["exec", *exec_args, *(str(a) for a in options.get("extra_args", []))]
-        if request.session_id:
-            argv += ["resume", request.session_id, "-"]
+        if session:
+            argv += ["resume", "--", session, "-"]  # after `--` the id can never be read as a flag
         else:
             argv.append("-")
         prompt = prompt_for(request)
@@ -626,28 +625,18 @@ def _turns_sent(request: ChatRequest) -> list[Any]:
 
 
 def _write_temp(text: str, *, prefix: str, suffix: str) -> str:
-    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
+    return private.write_file(text, prefix=prefix, suffix=suffix)
 
 
 def _write_image(image: ImagePart, runner: str) -> str:
-    """A local file for an image given as data; codex attaches only local files."""
-    data, media_type = image.data, image.media_type
-    if image.url is not None:
-        match = re.match(r"data:([\w/+.-]+);base64,(.*)$", image.url, re.S)
-        if match is None:
-            raise UnsupportedFeature("codex attaches images from data only, not from URLs", runner=runner)
-        media_type, data = match.group(1), match.group(2)
+    """A private file for an image given as data; codex attaches only local files."""
+    if image.url is not None and not images.is_data_url(image.url):
+        raise UnsupportedFeature("codex attaches images from data only, not from URLs", runner=runner)
     try:
-        raw = base64.b64decode(data or "", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise UnsupportedFeature(f"the image data is not valid base64: {exc}", runner=runner) from None
-    fd, path = tempfile.mkstemp(prefix="llmrun-image-", suffix=IMAGE_SUFFIXES.get(media_type or "", ".png"))
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(raw)
-    return path
+        raw, media_type = images.image_bytes(image)
+    except ValueError as exc:
+        raise UnsupportedFeature(str(exc), runner=runner) from None
+    return images.write_image_file(raw, IMAGE_SUFFIXES.get(media_type or "", ".png"))
 
 
 def thread_usage(codex_home: str, thread_id: str) -> dict[str, int] | None:
@@ -666,7 +655,7 @@ def thread_usage(codex_home: str, thread_id: str) -> dict[str, int] | None:
                     continue
                 try:
                     payload = json.loads(line).get("payload") or {}
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     continue
                 info = payload.get("info") if isinstance(payload, dict) else None
                 if isinstance(info, dict) and isinstance(info.get("total_token_usage"), dict):

@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, with_system_prompt
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, Runner
+from .base import CliRunner, Parser, Runner, as_number
 
 PLACEHOLDERS = ("model", "system", "prompt")
 # Linux refuses a single argument of 32 pages (MAX_ARG_STRLEN), its terminating NUL included.
@@ -389,8 +389,8 @@ class JsonlParser(Parser):
     def feed(self, line: str) -> list[ChatChunk]:
         try:
             event = json.loads(line)
-        except ValueError:
-            return []  # log lines and other noise on stdout
+        except (ValueError, RecursionError):
+            return []  # log lines and other noise on stdout (RecursionError: nested too deep to read)
         kind = lookup(event, self.spec.type_key)
 
         def find(key: str) -> Any:
@@ -430,14 +430,13 @@ class JsonlParser(Parser):
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    try:
-        return float(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
+    """A finite number, or a string that holds one; None for anything else."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    return value if as_number(value) is not None else None
 
 
 def _message(value: Any) -> str:

@@ -49,13 +49,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from .. import process
+from .. import private, process
 from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -68,7 +67,7 @@ from ..errors import (
 )
 from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line, json_object
+from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_list, as_text, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -136,8 +135,8 @@ def usage_totals(report: Any) -> dict[str, int]:
     for model in metrics.values() if isinstance(metrics, dict) else []:
         usage = model.get("usage") if isinstance(model, dict) else None
         for key, value in usage.items() if isinstance(usage, dict) else []:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                totals[key] = totals.get(key, 0) + int(value)
+            if (count := as_count(value)) is not None:
+                totals[key] = totals.get(key, 0) + count
     return totals
 
 
@@ -164,7 +163,7 @@ def session_totals(copilot_home: str, session_id: str) -> dict[str, int] | None:
             for line in fh:
                 if '"session.shutdown"' not in line:
                     continue
-                with contextlib.suppress(ValueError, AttributeError):
+                with contextlib.suppress(ValueError, AttributeError, RecursionError):
                     snapshot = (json.loads(line).get("data") or {}).get("accountingSnapshot")
     except OSError:
         return None
@@ -190,7 +189,7 @@ class CopilotParser(Parser):
         self._last_message: str | None = None
         self._streamed: set[str] = set()  # message and reasoning ids whose text came as deltas
         self._sent_thinking = False
-        self._tools: dict[Any, str | None] = {}  # tool call id -> tool name
+        self._tools: dict[str | None, str | None] = {}  # tool call id -> tool name
         self._failure: tuple[int | None, str] | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
@@ -198,7 +197,7 @@ class CopilotParser(Parser):
         if event is None:
             return []  # noise on stdout, skipped
         kind = event.get("type")
-        data = _dict(event.get("data"))
+        data = as_dict(event.get("data"))
         if kind == "assistant.message_delta":
             return self._text(data.get("messageId"), data.get("deltaContent"), streamed=True)
         if kind == "assistant.message":
@@ -244,7 +243,7 @@ class CopilotParser(Parser):
         message_id = data.get("messageId")
         if str(message_id) not in self._streamed:
             chunks += self._text(message_id, data.get("content"), streamed=False)
-        for request in data.get("toolRequests") or []:
+        for request in as_list(data.get("toolRequests")):
             if isinstance(request, dict):
                 chunks += self._tool_use(request.get("toolCallId"), request.get("name"), request.get("arguments"))
         return chunks
@@ -265,22 +264,23 @@ class CopilotParser(Parser):
         return [ChatChunk(thinking=text)]
 
     def _tool_use(self, call_id: Any, name: Any, arguments: Any) -> list[ChatChunk]:
+        call_id = as_text(call_id)
         if call_id in self._tools:
             return []
-        self._tools[call_id] = _str(name)
-        use = AgentEvent(kind="tool_use", id=_str(call_id), name=_str(name), input=arguments)
+        self._tools[call_id] = as_text(name)
+        use = AgentEvent(kind="tool_use", id=call_id, name=as_text(name), input=arguments)
         return [ChatChunk(agent_event=use)]
 
     def _tool_done(self, data: dict[str, Any]) -> list[ChatChunk]:
-        call_id = _str(data.get("toolCallId"))
+        call_id = as_text(data.get("toolCallId"))
         name = self._tools.get(call_id)
-        error = _dict(data.get("error"))
+        error = as_dict(data.get("error"))
         failed = data.get("success") is False
         if failed and error.get("code") == "denied":
-            message = _str(error.get("message"))
+            message = as_text(error.get("message"))
             denied = AgentEvent(kind="permission_denied", id=call_id, name=name, message=message, is_error=True)
             return [ChatChunk(agent_event=denied)]
-        output = error.get("message") if failed else _dict(data.get("result")).get("content")
+        output = error.get("message") if failed else as_dict(data.get("result")).get("content")
         done = AgentEvent(kind="tool_result", id=call_id, name=name, output=output, is_error=failed)
         return [ChatChunk(agent_event=done)]
 
@@ -311,7 +311,7 @@ class CopilotParser(Parser):
         self.error = error_for(str(data.get("message") or "copilot reported an error"), status, error_type=error_type)
 
     def _result(self, event: dict[str, Any]) -> list[ChatChunk]:
-        self.session_id = _str(event.get("sessionId")) or self.session_id
+        self.session_id = as_text(event.get("sessionId")) or self.session_id
         if self.error is None and event.get("exitCode") not in (0, None):
             return []  # a failure said only on stderr: not an answer, the exit tells the rest
         self.finished = True
@@ -324,19 +324,11 @@ class CopilotParser(Parser):
             self.model = model
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _error_text(raw: Any) -> str:
     """The message inside a provider's error body, which copilot passes on as JSON text."""
     if not isinstance(raw, str):
         return ""
-    with contextlib.suppress(ValueError, AttributeError):
+    with contextlib.suppress(ValueError, AttributeError, RecursionError):
         body = json.loads(raw)
         inner = body.get("error", body) if isinstance(body, dict) else None
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
@@ -373,6 +365,7 @@ class CopilotRunner(CliRunner):
         self._cleanup: weakref.finalize[Any, Any] | None = None
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
+        session = self.session_to_resume(request)  # checked before any file is written
         run_dir = self._run_dir(request)
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         # `--flag=value` throughout: a value starting with "-" must not read as a flag.
@@ -394,8 +387,8 @@ class CopilotRunner(CliRunner):
             argv.append(f"--reasoning-effort={effort}")
         if agent := request.options.get("agent"):
             argv.append(f"--agent={agent}")
-        if request.session_id:
-            argv.append(f"--resume={request.session_id}")
+        if session:
+            argv.append(f"--resume={session}")
         prompt = prompt_for(request)
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         env: dict[str, str] = {}
@@ -424,7 +417,9 @@ class CopilotRunner(CliRunner):
         from ..transports.acp import AcpProfile, acp_connection
         from ..transports.base import warm_argv
 
-        invocation = self.prepared_invocation(settings.request([]))
+        request = settings.request([])
+        invocation = self.prepared_invocation(request)
+        invocation.temp_files.append(self._run_dir(request))  # the session's instructions go with its process
         # The one-shot flags hold in ACP mode too (model, denied tools, custom instructions);
         # the output and usage-file flags give way to --acp, and a resumed session is loaded
         # over the protocol.
@@ -473,7 +468,7 @@ class CopilotRunner(CliRunner):
         try:
             with open(os.path.join(run_dir, USAGE_FILE), encoding="utf-8") as fh:
                 totals = usage_totals(json.load(fh))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             missing = AgentEvent(kind="notice", message="copilot wrote no usage report; usage is unknown")
             return [ChatChunk(agent_event=missing), final]
         chunks: list[ChatChunk] = []
@@ -521,9 +516,10 @@ class CopilotRunner(CliRunner):
         return os.path.join(self._private_dir(), f"run-{id(request):x}")
 
     def _private_dir(self) -> str:
-        """A directory of this runner only (mode 0700), removed when the runner goes."""
+        """A directory of this runner only (mode 0700) in llmrun's private directory, removed
+        when the runner goes (or llmrun exits)."""
         if self._private is None or not os.path.isdir(self._private):
-            self._private = tempfile.mkdtemp(prefix="llmrun-copilot-")
+            self._private = private.mkdtemp(prefix="copilot-")
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._private, True)
         return self._private
 

@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns, with_system_prompt
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line, json_object
+from .base import CliRunner, Parser, _last_line, as_count, json_object
 from .stream_json import StreamJsonParser
 
 LOGIN_HINT = "run `cursor-agent login`, or set CURSOR_API_KEY"
@@ -184,9 +184,8 @@ class CursorAgentParser(StreamJsonParser):
     def usage_from(usage: dict[str, Any]) -> Usage:
         def count(*keys: str) -> int:
             for key in keys:
-                value = usage.get(key)
-                if isinstance(value, (int, float)):
-                    return int(value)
+                if (value := as_count(usage.get(key))) is not None:
+                    return value
             return 0
 
         return Usage(
@@ -238,8 +237,8 @@ class CursorAgentRunner(CliRunner):
             argv.append("--force")
         if options.get("trust", True):
             argv.append("--trust")
-        if request.session_id:
-            argv.append(f"--resume={request.session_id}")
+        if session := self.session_to_resume(request):
+            argv.append(f"--resume={session}")
         argv += [str(arg) for arg in options.get("extra_args", [])]
         stdin: bytes | None = prompt.encode()
         if options.get("prompt_in_argv"):

@@ -62,7 +62,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from .. import process
+from .. import private, process
 from ..errors import (
     AuthenticationError,
     Cancelled,
@@ -77,7 +77,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, json_object
+from .base import CliRunner, Parser, as_count, as_dict, as_text, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -138,12 +138,12 @@ def api_error_text(message: str) -> tuple[str, int | None]:
     status: int | None = None
     start = text.find("{")
     if start >= 0:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             body, _ = json.JSONDecoder().raw_decode(text, start)  # text may follow the object
             error = body.get("error") if isinstance(body, dict) else None
             if isinstance(error, dict):
                 detail = str(error.get("message") or "").strip()
-                with contextlib.suppress(ValueError):  # gemini sometimes nests the body once more
+                with contextlib.suppress(ValueError, RecursionError):  # gemini sometimes nests the body once more
                     nested = json.loads(detail)
                     if isinstance(nested, dict) and isinstance(nested.get("error"), dict):
                         detail = str(nested["error"].get("message") or detail)
@@ -190,7 +190,7 @@ def tool_message(stderr: str) -> str:
             continue
         for end in range(start + 1, len(lines)):
             if lines[end].rstrip() == "}":
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, RecursionError):
                     body = json.loads("\n".join(lines[start : end + 1]))
                     error = body.get("error") if isinstance(body, dict) else None
                     if isinstance(error, dict) and error.get("message"):
@@ -238,23 +238,23 @@ class GeminiParser(Parser):
             return []  # noise on stdout, skipped
         kind = event.get("type")
         if kind == "init":
-            self.session_id = _str(event.get("session_id")) or self.session_id
-            self.requested_model = _str(event.get("model"))
+            self.session_id = as_text(event.get("session_id")) or self.session_id
+            self.requested_model = as_text(event.get("model"))
         elif kind == "message":
             return self._message(event)
         elif kind == "tool_use":
             self._tool_since_text = True
             use = AgentEvent(
                 kind="tool_use",
-                id=_str(event.get("tool_id")),
-                name=_str(event.get("tool_name")),
+                id=as_text(event.get("tool_id")),
+                name=as_text(event.get("tool_name")),
                 input=event.get("parameters"),
             )
             return [ChatChunk(agent_event=use)]
         elif kind == "tool_result":
             return [self._tool_result(event)]
         elif kind == "error":
-            message = _str(event.get("message")) or "gemini reported an error"
+            message = as_text(event.get("message")) or "gemini reported an error"
             is_error = event.get("severity") == "error"
             if is_error:
                 self._last_error = message
@@ -276,24 +276,24 @@ class GeminiParser(Parser):
 
     def _tool_result(self, event: dict[str, Any]) -> ChatChunk:
         self._tool_since_text = True
-        error = _dict(event.get("error"))
+        error = as_dict(event.get("error"))
         output = event.get("output")
         return ChatChunk(
             agent_event=AgentEvent(
                 kind="tool_result",
-                id=_str(event.get("tool_id")),
+                id=as_text(event.get("tool_id")),
                 output=output if output is not None else error.get("message"),
                 is_error=event.get("status") != "success",
-                message=_str(error.get("message")),
+                message=as_text(error.get("message")),
             )
         )
 
     def _result(self, event: dict[str, Any]) -> list[ChatChunk]:
         self.finished = True
-        stats = _dict(event.get("stats"))
+        stats = as_dict(event.get("stats"))
         if event.get("status") != "success":
-            error = _dict(event.get("error"))
-            raw = _str(error.get("message")) or self._last_error or "gemini reported an error"
+            error = as_dict(event.get("error"))
+            raw = as_text(error.get("message")) or self._last_error or "gemini reported an error"
             message, status = api_error_text(raw)
             advice = "Please wait and try again later" in raw
             self.error = classify(message, status, rate_limit_advice=advice)
@@ -309,7 +309,7 @@ class GeminiParser(Parser):
 
     def _model(self, stats: dict[str, Any]) -> str | None:
         """The model that answered: the one in the stats, or the one asked for unless an alias."""
-        models = [name for name in (stats.get("models") or {}) if isinstance(name, str)]
+        models = [name for name in as_dict(stats.get("models")) if isinstance(name, str)]
         if self.requested_model in models or not models:
             requested = self.requested_model
             return None if requested in (None, "auto") else requested
@@ -318,8 +318,7 @@ class GeminiParser(Parser):
 
 def usage_from(stats: dict[str, Any]) -> Usage:
     def count(key: str) -> int:
-        value = stats.get(key)
-        return int(value) if isinstance(value, (int, float)) else 0
+        return as_count(stats.get(key)) or 0
 
     prompt, cached = count("input_tokens"), count("cached")
     output, total = count("output_tokens"), count("total_tokens")
@@ -332,14 +331,6 @@ def usage_from(stats: dict[str, Any]) -> Usage:
         reasoning_tokens=max(0, total - prompt - output),  # thoughts count in the total only
         total_tokens=total,
     )
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 # --- the runner --------------------------------------------------------------------------
@@ -396,17 +387,17 @@ class GeminiRunner(CliRunner):
         if request.options.get("skip_trust", True):
             argv.append("--skip-trust")
         argv.append(f"--approval-mode={self._approval_mode(request)}")
-        if request.session_id:
-            argv.append(f"--resume={request.session_id}")
+        if session := self.session_to_resume(request):
+            argv.append(f"--resume={session}")
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
 
-        private = self._private_dir()
-        env = {"TMPDIR": os.path.join(private, "tmp")}
+        own_dir = self._private_dir()
+        env = {"TMPDIR": os.path.join(own_dir, "tmp")}
         if self._defaults_file:
             env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"] = self._defaults_file
         temp_files: list[str] = []
         if system := request.system_prompt():
-            fd, path = tempfile.mkstemp(prefix="system-prompt-", suffix=".md", dir=private)
+            fd, path = tempfile.mkstemp(prefix="system-prompt-", suffix=".md", dir=own_dir)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(system)
             env["GEMINI_SYSTEM_MD"] = path
@@ -493,11 +484,12 @@ class GeminiRunner(CliRunner):
     # --- private files: per-run settings and gemini's error reports ----------------------
 
     def _private_dir(self) -> str:
-        """A directory of this runner only (mode 0700), removed when the runner goes."""
+        """A directory of this runner only (mode 0700) in llmrun's private directory, removed
+        when the runner goes (or llmrun exits)."""
         if self._private is not None and os.path.isdir(self._private):
             return self._private
         base = _root_only_base() if os.geteuid() == 0 else None
-        self._private = tempfile.mkdtemp(prefix="llmrun-gemini-", dir=base)
+        self._private = private.mkdtemp(prefix="gemini-", parent=base)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._private, True)
         os.mkdir(os.path.join(self._private, "tmp"), 0o700)
         self._defaults_file = None
@@ -613,7 +605,7 @@ def _selected_auth_type(settings: dict[str, Any] | None) -> str | None:
     security = settings.get("security")
     auth = security.get("auth") if isinstance(security, dict) else None
     selected = auth.get("selectedType") if isinstance(auth, dict) else None
-    return _str(selected) or _str(settings.get("selectedAuthType"))  # the latter: settings of older builds
+    return as_text(selected) or as_text(settings.get("selectedAuthType"))  # the latter: settings of older builds
 
 
 def _find_env_file(start: str) -> str | None:
@@ -697,7 +689,10 @@ def _bounded_system_defaults() -> dict[str, Any] | None:
 
 def _acp_usage(result: dict[str, Any]) -> Usage | None:
     """Gemini reports a turn's tokens in the prompt result's `_meta.quota.token_count`."""
-    counts = ((result.get("_meta") or {}).get("quota") or {}).get("token_count")
+    counts = as_dict(as_dict(result.get("_meta")).get("quota")).get("token_count")
     if not isinstance(counts, dict):
         return None
-    return Usage(input_tokens=int(counts.get("input_tokens") or 0), output_tokens=int(counts.get("output_tokens") or 0))
+    return Usage(
+        input_tokens=as_count(counts.get("input_tokens")) or 0,
+        output_tokens=as_count(counts.get("output_tokens")) or 0,
+    )

@@ -32,19 +32,16 @@ model options of those names; a model without them refuses the request.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import mimetypes
 import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from .. import process
+from .. import images, private, process
 from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -57,7 +54,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns
 from ..types import Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, parse_count
 
 # Longer system prompts go through a file: argv is visible to every user and bounded.
 SYSTEM_PROMPT_ARGV_LIMIT = 16 * 1024
@@ -88,12 +85,12 @@ def stderr_lines(stderr: str) -> list[str]:
 def usage_from(line: str) -> Usage:
     """The counts in llm's `Token usage: 1,234 input, 56 output, {details}` line."""
     rest = line.partition(":")[2]
-    counts = {m.group("kind"): int(m.group("number").replace(",", "")) for m in _COUNT.finditer(rest)}
+    counts = {m.group("kind"): parse_count(m.group("number")) or 0 for m in _COUNT.finditer(rest)}
     details: dict[str, Any] = {}
     if (start := rest.find("{")) >= 0:
         try:
             parsed = json.loads(rest[start:])
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         details = parsed if isinstance(parsed, dict) else {}
     input_tokens = counts.get("input", 0)
@@ -249,8 +246,8 @@ class LlmRunner(CliRunner):
                 argv.append(f"--database={options['database']}")
         else:
             argv.append("--no-log")
-        if request.session_id:
-            argv.append(f"--cid={request.session_id}")
+        if session := self.session_to_resume(request):
+            argv.append(f"--cid={session}")
         temp_files: list[str] = []
         try:
             if system := request.system_prompt():
@@ -286,18 +283,15 @@ class LlmRunner(CliRunner):
         )
 
     def _attachment(self, image: ImagePart, temp_files: list[str]) -> str:
-        if image.url is not None and not image.url.startswith("data:"):
+        """A private file of the image's bytes; a URL or path of a library caller goes as it is
+        (the daemon lets no client send one)."""
+        if image.url is not None and not images.is_data_url(image.url):
             return image.url
-        media_type, data = image.media_type, image.data or ""
-        if image.url is not None:  # a data: URL
-            header, _, data = image.url.partition(",")
-            media_type = header[5:].split(";")[0] or media_type
         try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise UnsupportedFeature(f"an image is not valid base64: {exc}", runner=self.name) from None
-        suffix = mimetypes.guess_extension(media_type or "") or ".bin"
-        temp_files.append(_write_temp(raw, suffix))
+            raw, media_type = images.image_bytes(image)
+        except ValueError as exc:
+            raise UnsupportedFeature(str(exc), runner=self.name) from None
+        temp_files.append(images.write_image_file(raw, mimetypes.guess_extension(media_type or "") or ".bin"))
         return temp_files[-1]
 
     @staticmethod
@@ -324,7 +318,7 @@ class LlmRunner(CliRunner):
         try:
             result = await process.run_command(argv, env=self.env, env_remove=self.env_remove, cwd=request.cwd)
             rows = json.loads(result.stdout)
-        except (RunnerError, ValueError):
+        except (RunnerError, ValueError, RecursionError):
             return None
         prompt = flatten_conversation(request.conversation())
         matches = [
@@ -394,7 +388,4 @@ def _option_value(value: Any) -> str:
 
 
 def _write_temp(data: bytes, suffix: str) -> str:
-    fd, path = tempfile.mkstemp(prefix="llmrun-llm-", suffix=suffix)  # mode 0600
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return path
+    return private.write_file(data, prefix="llm-", suffix=suffix)

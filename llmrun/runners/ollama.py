@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, new_turns, with_system_prompt
 from ..types import Capabilities, ChatChunk, ChatRequest, HealthReport, Message, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, parse_count
 
 THINKING_OPEN = "Thinking...\n"
 # ollama adds the leading newline itself when the thinking does not end with one.
@@ -126,8 +126,8 @@ def usage_from(stderr: str) -> Usage:
     text = clean(stderr)
     prompt, answer = _PROMPT_COUNT.findall(text), _EVAL_COUNT.findall(text)
     return Usage(
-        input_tokens=int(prompt[-1]) if prompt else 0,
-        output_tokens=int(answer[-1]) if answer else 0,
+        input_tokens=(parse_count(prompt[-1]) if prompt else None) or 0,
+        output_tokens=(parse_count(answer[-1]) if answer else None) or 0,
     )
 
 

@@ -44,12 +44,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from .. import process
+from .. import private, process
 from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -65,7 +64,7 @@ from ..errors import (
 from ..process import strip_ansi
 from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
-from .base import CliRunner, Parser, _last_line, json_object
+from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_number, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -170,7 +169,7 @@ class OpencodeParser(Parser):
             return []  # noise on stdout, skipped
         if isinstance(event.get("sessionID"), str):
             self.session_id = event["sessionID"]
-        part = _dict(event.get("part"))
+        part = as_dict(event.get("part"))
         kind = event.get("type")
         if kind == "text":
             return self._text(part.get("text"))
@@ -202,7 +201,7 @@ class OpencodeParser(Parser):
         return [ChatChunk(thinking=prefix + text)]
 
     def _tool(self, part: dict[str, Any]) -> list[ChatChunk]:
-        state = _dict(part.get("state"))
+        state = as_dict(part.get("state"))
         call_id = part.get("callID") if isinstance(part.get("callID"), str) else None
         name, tool_input = part.get("tool"), state.get("input")
         if name == "invalid" and isinstance(tool_input, dict):
@@ -219,9 +218,8 @@ class OpencodeParser(Parser):
 
     def _step_finish(self, part: dict[str, Any]) -> list[ChatChunk]:
         self._add_tokens(part.get("tokens"))
-        cost = part.get("cost")
-        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-            self._cost = (self._cost or 0.0) + float(cost)
+        if (cost := as_number(part.get("cost"))) is not None:
+            self._cost = (self._cost or 0.0) + cost
         reason = str(part.get("reason") or "")
         if reason == "tool-calls":
             return []  # the next step answers with the tools' results
@@ -239,8 +237,8 @@ class OpencodeParser(Parser):
         ]
 
     def _error(self, error: Any) -> None:
-        error = _dict(error)
-        data = _dict(error.get("data"))
+        error = as_dict(error)
+        data = as_dict(error.get("data"))
         status = data.get("statusCode") if isinstance(data.get("statusCode"), int) else None
         name = str(error.get("name") or "")
         message = str(data.get("message") or "")
@@ -253,10 +251,10 @@ class OpencodeParser(Parser):
     def _add_tokens(self, tokens: Any) -> None:
         if not isinstance(tokens, dict):
             return
-        cache = _dict(tokens.get("cache"))
+        cache = as_dict(tokens.get("cache"))
         for key, value in (*tokens.items(), *(("cache_" + k, v) for k, v in cache.items())):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tokens[key] = self._tokens.get(key, 0) + int(value)
+            if (count := as_count(value)) is not None:
+                self._tokens[key] = self._tokens.get(key, 0) + count
 
     def usage(self) -> Usage:
         # OpenCode counts input without the cached tokens, and reports those apart.
@@ -303,8 +301,8 @@ class OpencodeRunner(CliRunner):
         argv = [binary, "run", "--format=json", "--thinking", "--title=", "--print-logs", "--log-level=WARN"]
         if model := self.model_for(request):
             argv.append(f"--model={model}")
-        if request.session_id:
-            argv.append(f"--session={request.session_id}")
+        if session := self.session_to_resume(request):
+            argv.append(f"--session={session}")
         if variant := request.options.get("variant"):
             argv.append(f"--variant={variant}")
         agent = request.options.get("agent") or (None if request.allow_tools else AGENT)
@@ -478,17 +476,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _count(pattern: str, text: str) -> int:
     match = re.search(pattern, text)
     return int(match.group(1)) if match else 0
 
 
 def _write_temp(text: str) -> str:
-    fd, path = tempfile.mkstemp(prefix="llmrun-system-", suffix=".md")  # mode 0600
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
+    return private.write_file(text, prefix="system-", suffix=".md")

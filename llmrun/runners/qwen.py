@@ -29,12 +29,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from .. import process
+from .. import private, process
 from ..errors import (
     AuthenticationError,
     ProcessFailed,
@@ -45,7 +44,7 @@ from ..errors import (
 )
 from ..prompting import prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line
+from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_text
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -120,7 +119,7 @@ class QwenParser(StreamJsonParser):
         if line.startswith("["):
             try:
                 events = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return []
             if not isinstance(events, list):
                 return []
@@ -134,7 +133,7 @@ class QwenParser(StreamJsonParser):
     def _stream_event(self, event: dict[str, Any]) -> list[ChatChunk]:
         inner = event.get("event")
         if isinstance(inner, dict) and inner.get("type") == "content_block_delta":
-            delta = inner.get("delta") or {}
+            delta = as_dict(inner.get("delta"))
             if delta.get("type") == "text_delta" and _is_api_error(delta.get("text")):
                 if not event.get("parent_tool_use_id"):  # a sub-agent's failure is not the answer's
                     self._api_error(delta["text"])
@@ -155,7 +154,7 @@ class QwenParser(StreamJsonParser):
                 self._api_error(block["text"])
             else:
                 kept.append(block)
-        message_id = message.get("id")
+        message_id = as_text(message.get("id"))
         if message_id != self._message_id:
             # What streamed since the last message_start or assistant line was this message.
             for kind in ("text", "thinking"):
@@ -174,7 +173,7 @@ class QwenParser(StreamJsonParser):
             self._api_error(result)
         if self.error is not None:
             self.finished = True
-            self.session_id = event.get("session_id") or self.session_id
+            self.session_id = as_text(event.get("session_id")) or self.session_id
             return []
         if self._run_usage:
             event = {**event, "usage": self._run_usage}
@@ -190,15 +189,13 @@ class QwenParser(StreamJsonParser):
         if not isinstance(usage, dict):
             return
         for key in ("input_tokens", "output_tokens", "cache_read_input_tokens", "total_tokens"):
-            value = usage.get(key)
-            if isinstance(value, (int, float)):
-                self._run_usage[key] = self._run_usage.get(key, 0) + int(value)
+            if (value := as_count(usage.get(key))) is not None:
+                self._run_usage[key] = self._run_usage.get(key, 0) + value
 
     @staticmethod
     def usage_from(usage: dict[str, Any]) -> Usage:
         def count(key: str) -> int:
-            value = usage.get(key)
-            return int(value) if isinstance(value, (int, float)) else 0
+            return as_count(usage.get(key)) or 0
 
         # qwen reports OpenAI's prompt_tokens as input_tokens: cached tokens are part of it.
         cached = count("cache_read_input_tokens")
@@ -262,8 +259,8 @@ class QwenRunner(CliRunner):
             argv.append("--exclude-tools=" + ",".join(WRITE_TOOLS))
         if model := self.model_for(request):
             argv.append(f"--model={model}")
-        if request.session_id:
-            argv.append(f"--resume={request.session_id}")
+        if session := self.session_to_resume(request):
+            argv.append(f"--resume={session}")
         if "max_session_turns" in request.options:
             argv.append(f"--max-session-turns={int(request.options['max_session_turns'])}")
         env: dict[str, str] = {}
@@ -424,7 +421,4 @@ def _flag_value(args: list[str], flag: str) -> str | None:
 
 
 def _write_temp(text: str, prefix: str, suffix: str) -> str:
-    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)  # mode 0600
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
+    return private.write_file(text, prefix=prefix, suffix=suffix)

@@ -22,7 +22,7 @@ from ..errors import (
     SessionNotFound,
 )
 from ..types import AgentEvent, ChatChunk, FinishReason, Usage
-from .base import Parser, json_object
+from .base import Parser, as_count, as_dict, as_list, as_number, as_text, json_object
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -74,7 +74,7 @@ class StreamJsonParser(Parser):
     def _system(self, event: dict[str, Any]) -> list[ChatChunk]:
         subtype = event.get("subtype")
         if subtype == "init":
-            self.session_id = event.get("session_id") or self.session_id
+            self.session_id = as_text(event.get("session_id")) or self.session_id
             return []
         if subtype == "api_retry":
             status = event.get("error_status")
@@ -92,17 +92,17 @@ class StreamJsonParser(Parser):
             return []
         kind = inner.get("type")
         if kind == "message_start":
-            message = inner.get("message") or {}
-            self._message_id = message.get("id")
+            message = as_dict(inner.get("message"))
+            self._message_id = as_text(message.get("id"))
             self._note_model(message.get("model"))
         elif kind == "content_block_delta":
-            delta = inner.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
+            delta = as_dict(inner.get("delta"))
+            if delta.get("type") == "text_delta" and (text := as_text(delta.get("text"))):
                 self._streamed.add((self._message_id, "text"))
-                return [self._text(self._message_id, delta["text"])]
-            if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                return [self._text(self._message_id, text)]
+            if delta.get("type") == "thinking_delta" and (thinking := as_text(delta.get("thinking"))):
                 self._streamed.add((self._message_id, "thinking"))
-                return [ChatChunk(thinking=delta["thinking"])]
+                return [ChatChunk(thinking=thinking)]
         return []
 
     def _assistant(self, event: dict[str, Any]) -> list[ChatChunk]:
@@ -112,32 +112,38 @@ class StreamJsonParser(Parser):
             # A synthetic message carrying an error text; the `result` line says the rest.
             self._assistant_error = str(event["error"])
             return []
-        message = event.get("message") or {}
+        message = as_dict(event.get("message"))
         self._note_model(message.get("model"))
-        message_id = message.get("id")
+        message_id = as_text(message.get("id"))
         chunks: list[ChatChunk] = []
-        for block in message.get("content") or []:
+        for block in as_list(message.get("content")):
             if not isinstance(block, dict):
                 continue
             kind = block.get("type")
-            if kind == "text" and block.get("text") and (message_id, "text") not in self._streamed:
-                chunks.append(self._text(message_id, block["text"]))
-            elif kind == "thinking" and block.get("thinking") and (message_id, "thinking") not in self._streamed:
-                chunks.append(ChatChunk(thinking=block["thinking"]))
+            if kind == "text" and (text := as_text(block.get("text"))) and (message_id, "text") not in self._streamed:
+                chunks.append(self._text(message_id, text))
+            elif (
+                kind == "thinking"
+                and (thinking := as_text(block.get("thinking")))
+                and (message_id, "thinking") not in self._streamed
+            ):
+                chunks.append(ChatChunk(thinking=thinking))
             elif kind == "tool_use":
-                use = AgentEvent(kind="tool_use", id=block.get("id"), name=block.get("name"), input=block.get("input"))
+                use = AgentEvent(
+                    kind="tool_use", id=as_text(block.get("id")), name=as_text(block.get("name")), input=block.get("input")
+                )
                 chunks.append(ChatChunk(agent_event=use))
         return chunks
 
     def _user(self, event: dict[str, Any]) -> list[ChatChunk]:
-        content = (event.get("message") or {}).get("content")
+        content = as_dict(event.get("message")).get("content")
         if event.get("parent_tool_use_id") or not isinstance(content, list):
             return []
         return [
             ChatChunk(
                 agent_event=AgentEvent(
                     kind="tool_result",
-                    id=block.get("tool_use_id"),
+                    id=as_text(block.get("tool_use_id")),
                     output=block.get("content"),
                     is_error=bool(block.get("is_error")),
                 )
@@ -148,7 +154,7 @@ class StreamJsonParser(Parser):
 
     def _result(self, event: dict[str, Any]) -> list[ChatChunk]:
         self.finished = True
-        self.session_id = event.get("session_id") or self.session_id
+        self.session_id = as_text(event.get("session_id")) or self.session_id
         if event.get("is_error") or str(event.get("subtype", "")).startswith("error"):
             self.error = self.error_from_result(event)
             return []
@@ -156,27 +162,26 @@ class StreamJsonParser(Parser):
         result = event.get("result")
         if not self.sent_text and isinstance(result, str) and result:
             chunks.append(ChatChunk(delta=result))  # the tool printed no message events
-        for denial in event.get("permission_denials") or []:
+        for denial in as_list(event.get("permission_denials")):
             if isinstance(denial, dict):
                 chunks.append(
                     ChatChunk(
                         agent_event=AgentEvent(
                             kind="permission_denied",
-                            id=denial.get("tool_use_id"),
-                            name=denial.get("tool_name"),
+                            id=as_text(denial.get("tool_use_id")),
+                            name=as_text(denial.get("tool_name")),
                             input=denial.get("tool_input"),
                             is_error=True,
                         )
                     )
                 )
-        cost = event.get("total_cost_usd")
         chunks.append(
             ChatChunk(
                 finish_reason=STOP_REASONS.get(str(event.get("stop_reason")), "stop"),
-                usage=self.usage_from(event.get("usage") or {}),
+                usage=self.usage_from(as_dict(event.get("usage"))),
                 session_id=self.session_id,
                 model=self.model,
-                cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+                cost_usd=as_number(event.get("total_cost_usd")),
             )
         )
         return chunks
@@ -198,8 +203,7 @@ class StreamJsonParser(Parser):
     @staticmethod
     def usage_from(usage: dict[str, Any]) -> Usage:
         def count(key: str) -> int:
-            value = usage.get(key)
-            return int(value) if isinstance(value, (int, float)) else 0
+            return as_count(usage.get(key)) or 0
 
         return Usage(
             input_tokens=count("input_tokens"),
@@ -212,7 +216,7 @@ class StreamJsonParser(Parser):
         """The typed error for a failed `result`, from the HTTP status and the tool's words."""
         errors = event.get("errors")
         text = (
-            event.get("result")
+            as_text(event.get("result"))
             or ("; ".join(map(str, errors)) if isinstance(errors, list) else "")
             or str(event.get("subtype") or "the tool reported an error")
         )

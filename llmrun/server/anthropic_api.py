@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
-from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from .common import error_headers, expect, expect_list, public_message
+from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
+from . import attachments
+from .common import check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -52,13 +53,25 @@ class Parsed:
     request: ChatRequest
     model: str
     stream: bool
-    conversation: str | None
 
 
-def parse(body: dict[str, Any]) -> Parsed:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model: field required (e.g. claude_code/sonnet)")
+# The JSON type of each field read here (besides model and messages).
+FIELDS = {
+    "system": "string|array",
+    "max_tokens": "integer",
+    "stream": "boolean",
+    "temperature": "number",
+    "tools": "array",
+    "tool_choice": "object",
+    "metadata": "object",
+}
+
+
+def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
+    """The request of a body; images must be base64 unless `fetch_image_urls` lets http(s)
+    URLs through, which `attachments.fetch_images` then turns into data."""
+    check_fields(body, FIELDS)
+    model = model_name(body.get("model"))
     raw_messages = expect_list(body.get("messages"), "messages")
     if not raw_messages:
         raise InvalidRequest("messages: at least one message is required")
@@ -67,16 +80,15 @@ def parse(body: dict[str, Any]) -> Parsed:
         raise InvalidRequest("temperature: expected a number")
     max_tokens = body.get("max_tokens")
     request = ChatRequest(
-        messages=_messages(raw_messages),
+        messages=_messages(raw_messages, fetch_image_urls),
         system=_system(body.get("system")),
         temperature=float(temperature) if temperature is not None else None,
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
         tools=_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
     )
-    metadata = body.get("metadata")
-    user = metadata.get("user_id") if isinstance(metadata, dict) else None
-    return Parsed(request, model.strip(), bool(body.get("stream")), user if isinstance(user, str) and user else None)
+    # `metadata.user_id` names an end user, not a conversation (see server/conversations.py): not used.
+    return Parsed(request, model.strip(), bool(body.get("stream")))
 
 
 def _system(raw: Any) -> str | None:
@@ -93,7 +105,7 @@ def _system(raw: Any) -> str | None:
     return "\n\n".join(t for t in texts if t) or None
 
 
-def _messages(raw: list[Any]) -> list[Message]:
+def _messages(raw: list[Any], fetch_image_urls: bool) -> list[Message]:
     out: list[Message] = []
     names: dict[str, str] = {}  # tool_use id → tool name, for the results that follow
     for index, item in enumerate(raw):
@@ -119,7 +131,8 @@ def _messages(raw: list[Any]) -> list[Message]:
             if kind == "text":
                 parts.append(TextPart(text=str(block.get("text") or "")))
             elif kind == "image":
-                parts.append(_image(block.get("source"), where))
+                source = block.get("source")
+                parts.append(attachments.image_from_source(source, where, fetch_image_urls=fetch_image_urls))
             elif kind == "tool_use" and role == "assistant":
                 call = ToolCall(
                     id=str(block.get("id") or f"toolu_{uuid.uuid4().hex[:24]}"),
@@ -129,7 +142,7 @@ def _messages(raw: list[Any]) -> list[Message]:
                 names[call.id] = call.name
                 calls.append(call)
             elif kind == "tool_result" and role == "user":
-                out.append(_tool_result(block, names, where))
+                out.append(_tool_result(block, names, where, fetch_image_urls))
             elif kind in ("thinking", "redacted_thinking"):
                 continue  # the model's own earlier reasoning; tools keep or redo theirs
             else:
@@ -143,16 +156,7 @@ def _messages(raw: list[Any]) -> list[Message]:
     return out
 
 
-def _image(source: Any, where: str) -> ImagePart:
-    source = expect(source, dict, f"{where}.content[].source")
-    if source.get("type") == "base64":
-        return ImagePart(data=str(source.get("data") or ""), media_type=source.get("media_type"))
-    if source.get("type") == "url":
-        return ImagePart(url=str(source.get("url") or ""))
-    raise UnsupportedFeature(f"{where}: image sources of type {source.get('type')!r} are not supported")
-
-
-def _tool_result(block: dict[str, Any], names: dict[str, str], where: str) -> Message:
+def _tool_result(block: dict[str, Any], names: dict[str, str], where: str, fetch_image_urls: bool) -> Message:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise InvalidRequest(f"{where}: tool_result needs tool_use_id")
@@ -166,7 +170,8 @@ def _tool_result(block: dict[str, Any], names: dict[str, str], where: str) -> Me
             if inner.get("type") == "text":
                 parts.append(TextPart(text=str(inner.get("text") or "")))
             elif inner.get("type") == "image":
-                parts.append(_image(inner.get("source"), where))
+                source = inner.get("source")
+                parts.append(attachments.image_from_source(source, where, fetch_image_urls=fetch_image_urls))
             else:
                 raise UnsupportedFeature(f"{where}: tool_result content of type {inner.get('type')!r}")
     if block.get("is_error"):
@@ -188,8 +193,9 @@ def _tools(raw: Any) -> list[ToolSpec] | None:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("tools: every tool needs a name")
         spec: dict[str, Any] = {"name": name, "description": str(tool.get("description") or "")}
-        if isinstance(tool.get("input_schema"), dict):
-            spec["parameters"] = tool["input_schema"]
+        parameters = tool_schema(tool.get("input_schema"), "tools[].input_schema")
+        if parameters is not None:
+            spec["parameters"] = parameters
         tools.append(ToolSpec(**spec))
     return tools
 

@@ -14,14 +14,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from .. import __version__
 from ..errors import InvalidRequest, LlmrunError, RunnerError
 from ..runners.base import Runner
 from ..types import HealthReport
-from . import anthropic_api, openai_api
-from .common import MethodNotAllowed, PathNotFound
+from . import anthropic_api, conversations, openai_api
+from .attachments import fetch_images
+from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
 from .response import Inflight, RunResponse, error_json
 from .runners import RunnerPool
@@ -48,7 +50,7 @@ _CHAT_SCHEMA = {
         "response_format": {"type": "object"},
         "temperature": {"type": "number"},
         "max_tokens": {"type": "integer"},
-        "user": {"type": "string", "description": "conversation id (resumes the tool's session)"},
+        "user": {"type": "string", "description": "an end user's id (accepted, not used)"},
     },
 }
 _MESSAGES_SCHEMA = {
@@ -83,6 +85,7 @@ class ServerState:
             settings.max_concurrency, settings.max_per_runner, settings.max_queue, settings.queue_timeout
         )
         self.store = store or SessionStore(settings.sessions)
+        self.store.prune()
         # The record of warm process groups lives next to the sessions database.
         record = GroupRecord(Path(self.store.path).parent / "warm") if self.store.path != ":memory:" else None
         self.warm = WarmPool(settings, self.pool, record)
@@ -134,14 +137,12 @@ class ServerState:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
+        raw = await request.body()
+    except ClientDisconnect:
+        # Nobody is left to read the answer; a typed error keeps the logs quiet.
+        raise InvalidRequest("the client went away before its request body arrived") from None
+    return parse_json_body(raw)
 
 
 def create_app(
@@ -189,14 +190,17 @@ def create_app(
             error.http_status = exc.status_code
         return error_json(*error_parts(request.url.path, error))
 
-    def _conversation(request: Request, from_body: str | None) -> str | None:
-        return request.headers.get(SESSION_HEADER) or from_body
+    scope = conversations.scope_of(settings.api_key)
+
+    def _conversation(request: Request) -> conversations.Conversation:
+        return conversations.for_request(scope, request.headers.get(SESSION_HEADER))
 
     @app.post("/v1/chat/completions", openapi_extra=_body_doc(_CHAT_SCHEMA), tags=["OpenAI"])
     async def chat_completions(request: Request) -> Response:
         """OpenAI Chat Completions, streaming (SSE) or not."""
-        parsed = openai_api.parse(await _json_body(request))
-        conversation = _conversation(request, parsed.conversation)
+        parsed = openai_api.parse(await _json_body(request), fetch_image_urls=settings.fetch_image_urls)
+        parsed.request = await fetch_images(parsed.request, max_total_bytes=settings.max_body_bytes)
+        conversation = _conversation(request)
         turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
         output = openai_api.Output(parsed.model, include_usage=parsed.include_usage)
         headers = {"x-llmrun-runner": turn.runner.name}
@@ -207,8 +211,9 @@ def create_app(
     @app.post("/v1/messages", openapi_extra=_body_doc(_MESSAGES_SCHEMA), tags=["Anthropic"])
     async def messages(request: Request) -> Response:
         """Anthropic Messages, streaming (SSE) or not."""
-        parsed = anthropic_api.parse(await _json_body(request))
-        conversation = _conversation(request, parsed.conversation)
+        parsed = anthropic_api.parse(await _json_body(request), fetch_image_urls=settings.fetch_image_urls)
+        parsed.request = await fetch_images(parsed.request, max_total_bytes=settings.max_body_bytes)
+        conversation = _conversation(request)
         turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
         output = anthropic_api.Output(parsed.model)
         headers = {"x-llmrun-runner": turn.runner.name}
@@ -300,6 +305,7 @@ def create_app(
         api_key=settings.api_key,
         allowed_hosts=settings.allowed_hosts,
         max_body_bytes=settings.max_body_bytes,
+        cors_origins=settings.cors_origins,
     )
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
-from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from .common import error_headers, expect, expect_list, public_message
+from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
+from . import attachments
+from .common import check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -66,20 +67,35 @@ class Parsed:
     model: str
     stream: bool
     include_usage: bool
-    conversation: str | None
 
 
-def parse(body: dict[str, Any]) -> Parsed:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("`model` is required (e.g. claude_code/sonnet)")
+# The JSON type of each field read here (besides model and messages).
+FIELDS = {
+    "n": "integer",
+    "stream": "boolean",
+    "stream_options": "object",
+    "max_tokens": "integer",
+    "max_completion_tokens": "integer",
+    "temperature": "number",
+    "tools": "array",
+    "tool_choice": "string|object",
+    "response_format": "object",
+    "user": "string",
+}
+
+
+def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
+    """The request of a body; images must be data unless `fetch_image_urls` lets http(s) URLs
+    through, which `attachments.fetch_images` then turns into data."""
+    check_fields(body, FIELDS)
+    model = model_name(body.get("model"))
     n = body.get("n")
     if n not in (None, 1):
         raise UnsupportedFeature("only one choice per request (`n` = 1) is supported")
     raw_messages = expect_list(body.get("messages"), "messages")
     if not raw_messages:
         raise InvalidRequest("`messages` must not be empty")
-    messages = _messages(raw_messages)
+    messages = _messages(raw_messages, fetch_image_urls)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     request = ChatRequest(
         messages=messages,
@@ -92,8 +108,8 @@ def parse(body: dict[str, Any]) -> Parsed:
     stream = bool(body.get("stream"))
     options = body.get("stream_options") or {}
     include_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
-    user = body.get("user")
-    return Parsed(request, model.strip(), stream, include_usage, user if isinstance(user, str) and user else None)
+    # `user` names an end user, not a conversation (see server/conversations.py): not used.
+    return Parsed(request, model.strip(), stream, include_usage)
 
 
 def _number(value: Any, name: str) -> float | None:
@@ -104,7 +120,7 @@ def _number(value: Any, name: str) -> float | None:
     return float(value)
 
 
-def _messages(raw: list[Any]) -> list[Message]:
+def _messages(raw: list[Any], fetch_image_urls: bool) -> list[Message]:
     out: list[Message] = []
     names: dict[str, str] = {}  # tool call id → function name, for tool results
     for index, item in enumerate(raw):
@@ -115,7 +131,8 @@ def _messages(raw: list[Any]) -> list[Message]:
         if role in ("system", "developer"):
             out.append(Message(role="system", content=_text_only(item.get("content"), where)))
         elif role == "user":
-            out.append(Message(role="user", content=_user_content(item.get("content"), where), name=name))
+            content = _user_content(item.get("content"), where, fetch_image_urls)
+            out.append(Message(role="user", content=content, name=name))
         elif role == "assistant":
             calls = _tool_calls(item.get("tool_calls"), where)
             for call in calls:
@@ -149,7 +166,7 @@ def _text_only(content: Any, where: str) -> str:
     return "".join(texts)
 
 
-def _user_content(content: Any, where: str) -> str | list[ContentPart]:
+def _user_content(content: Any, where: str, fetch_image_urls: bool) -> str | list[ContentPart]:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -163,9 +180,7 @@ def _user_content(content: Any, where: str) -> str | list[ContentPart]:
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str) or not url:
-                raise InvalidRequest(f"{where}: image_url needs a url")
-            parts.append(ImagePart(url=url))
+            parts.append(attachments.image_from_url(url, where, fetch_image_urls=fetch_image_urls))
         else:
             raise UnsupportedFeature(f"{where}: content of type {kind!r} is not supported")
     return parts
@@ -205,8 +220,9 @@ def _tools(raw: Any) -> list[ToolSpec] | None:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("every tool needs a function name")
         spec: dict[str, Any] = {"name": name, "description": str(function.get("description") or "")}
-        if isinstance(function.get("parameters"), dict):
-            spec["parameters"] = function["parameters"]
+        parameters = tool_schema(function.get("parameters"), "tools[].function.parameters")
+        if parameters is not None:
+            spec["parameters"] = parameters
         tools.append(ToolSpec(**spec))
     return tools
 

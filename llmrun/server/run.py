@@ -1,20 +1,30 @@
-"""Running the daemon under uvicorn, with a shutdown that leaves no tool process behind.
+"""Running the daemon under uvicorn, with a shutdown that leaves no tool process behind, and
+deadlines for slow clients.
 
 On SIGTERM or Ctrl-C uvicorn stops accepting connections; runs in flight then get
 `shutdown_timeout` seconds to finish, after which they are cancelled (their process
 groups terminated, then killed) and their clients told so. Any group still registered
-when the interpreter exits is killed by llmrun's process layer.
+when the interpreter exits is killed by llmrun's process layer. The daemon's private files
+go when it stops, SIGTERM included; a start kills what the tools of an llmrun killed
+outright left behind and removes its files (see llmrun/private.py).
+
+uvicorn waits for a request as long as its client takes to send it, so a client that sends
+its headers a byte at a time holds a connection (and a file descriptor) for ever. The
+HTTP protocol here adds read deadlines and a cap on open connections (see ReadDeadlines).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from .. import private, process
 from ..runners.base import Runner
 from .app import ServerState, create_app
 from .settings import ServerSettings
@@ -23,6 +33,114 @@ log = logging.getLogger("llmrun.server")
 
 # Beyond the drain deadline: time for cancelled runs to kill their tools (SIGTERM, grace, SIGKILL).
 CLEANUP_SECONDS = 10.0
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTPProtocol
+else:
+    _HTTPProtocol = object  # the mixin's base is uvicorn's protocol, h11 or httptools: see http_protocol()
+
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n"
+)
+
+
+class ReadDeadlines(_HTTPProtocol):
+    """Read deadlines and a connection cap, mixed into uvicorn's HTTP protocol.
+
+    - The request line and headers must arrive within `header_timeout` of the connection's
+      start, or of the first byte of a later request on it (however many bytes trickle in).
+    - A body may pause at most `body_timeout` between reads, and must be complete within
+      `body_total_timeout` of its head. Time in which the server itself holds reading (a
+      full buffer the app has not read yet) does not count.
+    - Once a request is read, nothing here limits its answer: a stream may last for hours.
+      Idle keep-alive connections are closed by uvicorn after `timeout_keep_alive`.
+
+    A connection past a deadline is closed. Beyond `max_connections` open connections, a new
+    one is answered 503 and closed at once.
+    """
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    body_total_timeout = 120.0
+    max_connections = 512
+
+    _deadline: asyncio.TimerHandle | None = None
+    _waiting_for = ""  # "head", "body", or "" while the app has the request
+    _body_cycle: object = None  # the request whose body is being read
+    _body_due = 0.0  # loop time by which that body must be complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            log.warning("refusing a connection: %d connections are open", len(self.connections) - 1)
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch(received=True)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_deadline(None)
+        super().connection_lost(exc)
+
+    def _watch(self, *, received: bool = False) -> None:
+        """Set the deadline for what the connection waits for now."""
+        cycle = self.cycle
+        if self.transport.is_closing():
+            self._set_deadline(None)
+        elif cycle is None or cycle.response_complete:
+            if self._waiting_for == "head":
+                pass  # armed once per request: trickling bytes do not extend it
+            elif cycle is None or received:  # a new connection, or the next request begins
+                self._waiting_for = "head"
+                self._set_deadline(self.header_timeout)
+            else:  # idle between requests: uvicorn's keep-alive timeout applies
+                self._waiting_for = "idle"
+                self._set_deadline(None)
+        elif cycle.more_body:
+            now = self.loop.time()
+            if self._waiting_for != "body" or self._body_cycle is not cycle:
+                self._waiting_for, self._body_cycle, self._body_due = "body", cycle, now + self.body_total_timeout
+            self._set_deadline(min(self.body_timeout, self._body_due - now))
+        else:
+            self._waiting_for, self._body_cycle = "", None
+            self._set_deadline(None)
+
+    def _set_deadline(self, seconds: float | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = None if seconds is None else self.loop.call_later(max(0.0, seconds), self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self._waiting_for == "body" and self.flow.read_paused:
+            # The app has not read what came: the server is the slow one.
+            self._body_due = max(self._body_due, self.loop.time() + self.body_timeout)
+            self._set_deadline(self.body_timeout)
+            return
+        if not self.transport.is_closing():
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            log.info("closing the connection of %s: its request's %s did not arrive in time", client, self._waiting_for)
+            self.transport.close()
+
+
+def http_protocol(settings: ServerSettings) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with the deadlines of `settings`."""
+    fields = {
+        "header_timeout": settings.header_timeout,
+        "body_timeout": settings.body_timeout,
+        "body_total_timeout": settings.body_total_timeout,
+        "max_connections": settings.max_connections,
+    }
+    return type("LlmrunHTTPProtocol", (ReadDeadlines, AutoHTTPProtocol), fields)
 
 
 class DrainingServer(uvicorn.Server):
@@ -62,6 +180,7 @@ def make_server(
         log_level=log_level,
         access_log=access_log,
         lifespan="on",
+        http=http_protocol(settings),
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout + CLEANUP_SECONDS) + 1,
@@ -82,7 +201,12 @@ def serve(settings: ServerSettings, *, log_level: str = "info", **kwargs: Any) -
         settings.tools,
         "allowed" if settings.allow_tools else "off",
     )
-    server.run()
+    # What an llmrun killed outright left behind: its tools' own children, its private files.
+    if killed := process.kill_orphaned_tools():
+        log.warning("killed %d process group(s) left by an llmrun that died: %s", len(killed), killed)
+    private.sweep()
+    with private.cleanup_on_signals():
+        server.run()
 
 
 def _configure_logging(level: str) -> None:

@@ -1,9 +1,10 @@
 """Client conversations → the tools' own sessions, kept in SQLite so they survive a restart.
 
-A row maps (runner, conversation id) to the tool's session id, the number of messages the
-session holds (so a client that sends its whole history each time can be told apart from
-one that went back and changed it) and the directory the tool ran in (tools such as Claude
-Code keep sessions per directory). A row is written only after a turn succeeded.
+A row maps (runner, conversation key; see conversations.py) to the tool's session id, the
+number of messages the session holds (so a client that sends its whole history each time
+can be told apart from one that went back and changed it) and the directory the tool ran
+in (tools such as Claude Code keep sessions per directory). A row is written only after a
+turn succeeded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .. import private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -25,6 +28,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (runner, conversation)
 )
 """
+
+
+# Every chat is stored (its client may send its next turn), so rows of abandoned chats are
+# forgotten after a while.
+FORGET_AFTER = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class SessionStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private.secure_file(self.path)  # mode 0600: SQLite gives its -wal and -shm files the same
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with self._lock:
@@ -71,6 +80,12 @@ class SessionStore:
     def delete(self, runner: str, conversation: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM sessions WHERE runner = ? AND conversation = ?", (runner, conversation))
+
+    def prune(self, older_than: float = FORGET_AFTER) -> int:
+        """Forget conversations untouched for `older_than` seconds; returns how many."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM sessions WHERE updated < ?", (time.time() - older_than,))
+        return cursor.rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,11 @@ max_body_bytes = 10485760
 shutdown_timeout = 30             # on SIGTERM, in-flight runs get this long, then are cancelled
 max_warm = 8                      # live tool processes kept between turns (conversations + spares); 0: none
 warm_idle_timeout = 600           # seconds a conversation's process may sit idle before it is closed
+header_timeout = 10               # seconds for a request's head, from the connection's start or its first byte
+body_timeout = 30                 # seconds a request body may pause between two reads
+body_total_timeout = 120          # seconds for a whole request body, from its head
+max_connections = 512             # open client connections; more are refused at once
+fetch_image_urls = false          # let llmrun fetch clients' http(s) image URLs (public addresses only)
 
 [server.aliases]
 fast = "claude_code/haiku"
@@ -25,13 +30,15 @@ fast = "claude_code/haiku"
 
 max_warm defaults to min(8, MemAvailable / 300 MB / 4), rounded, at least 1: a node-based
 tool takes 150-300 MB, and warm processes should not claim more than a quarter of the
-memory free when the daemon starts.
+memory free when the daemon starts. max_connections defaults to half the process's limit of
+open files (RLIMIT_NOFILE), between 16 and 4096: the rest is for the tools' pipes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import resource
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +75,14 @@ def default_max_warm() -> int:
     return max_warm_for(available_memory())
 
 
+def default_max_connections() -> int:
+    """Half the soft limit of open files, between 16 and 4096."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft // 2))
+
+
 @dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -93,6 +108,16 @@ class ServerSettings:
     """Seconds a conversation's warm process may sit idle before it is closed."""
     prewarm: dict[str, int] = field(default_factory=dict)
     """RUNNER/MODEL (or a runner) → spare started sessions kept for new conversations."""
+    header_timeout: float = 10.0
+    """Seconds a request's line and headers may take, from the connection's start or the request's first byte."""
+    body_timeout: float = 30.0
+    """Seconds a request body may pause between two reads."""
+    body_total_timeout: float = 120.0
+    """Seconds a whole request body may take, from the end of its head."""
+    max_connections: int = field(default_factory=default_max_connections)
+    """Client connections open at once; more are answered 503 and closed."""
+    fetch_image_urls: bool = False
+    """Take http(s) image URLs from clients; llmrun fetches them (see server/attachments.py)."""
 
     def validate(self) -> ServerSettings:
         if self.tools not in ("emulate", "reject"):
@@ -108,8 +133,9 @@ class ServerSettings:
             raise ConfigError(f"max_body_bytes: expected at least 1024, got {self.max_body_bytes!r}")
         if self.max_warm < 0:
             raise ConfigError(f"max_warm: expected 0 or more, got {self.max_warm!r}")
-        if self.warm_idle_timeout <= 0:
-            raise ConfigError(f"warm_idle_timeout: expected a positive number, got {self.warm_idle_timeout!r}")
+        for name in ("warm_idle_timeout", "header_timeout", "body_timeout", "body_total_timeout", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
         self._validate_prewarm()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0-65535, got {self.port!r}")
@@ -166,6 +192,11 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "max_warm": (int,),
     "warm_idle_timeout": (int, float),
     "prewarm": (dict,),
+    "header_timeout": (int, float),
+    "body_timeout": (int, float),
+    "body_total_timeout": (int, float),
+    "max_connections": (int,),
+    "fetch_image_urls": (bool,),
 }
 
 

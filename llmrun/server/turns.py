@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,7 +27,9 @@ from typing import Any, cast
 from ..errors import SessionNotFound, UnsupportedFeature
 from ..prompting import new_turns
 from ..runners.base import Runner
-from ..types import ChatChunk, ChatRequest, ChatResponse
+from ..types import ChatChunk, ChatRequest, ChatResponse, Message, ToolCall
+from .common import printable
+from .conversations import Conversation, answer_of
 from .limits import Busy, Limiter
 from .runners import RunnerPool, Target
 from .sessions import SessionStore, StoredSession
@@ -35,19 +38,40 @@ from .warm import Shape, WarmEntry, WarmPool
 
 log = logging.getLogger("llmrun.server")
 
-MAX_CONVERSATION_ID = 256
-
+PROVISIONAL = "new:"
 
 @dataclass
 class Turn:
     target: Target
     request: ChatRequest
-    conversation: str | None
+    conversation: Conversation
     stream: bool
+    key: str | None = None
+    """The stored conversation this turn continues, if any (see server/conversations.py)."""
 
     @property
     def runner(self) -> Runner:
         return self.target.runner
+
+
+class Answer:
+    """What a turn answered, gathered from its chunks as they pass."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.text: list[str] = []
+        self.tool_calls: list[ToolCall] = []
+        self.session_id: str | None = None
+
+    def add(self, chunk: ChatChunk) -> None:
+        self.chunks += 1
+        self.text.append(chunk.delta)
+        if chunk.tool_call is not None:
+            self.tool_calls.append(chunk.tool_call)
+        self.session_id = chunk.session_id or self.session_id
+
+    def message(self) -> Message:
+        return Message.assistant("".join(self.text), tool_calls=self.tool_calls or None)
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,7 @@ class Engine:
 
     # --- admission -------------------------------------------------------------------------
 
-    def prepare(self, request: ChatRequest, model: str, *, conversation: str | None, stream: bool) -> Turn:
+    def prepare(self, request: ChatRequest, model: str, *, conversation: Conversation, stream: bool) -> Turn:
         """Resolve the model and apply the server's policy; raises before anything runs."""
         target = self.pool.resolve(model)
         if request.tools and self.settings.tools == "reject":
@@ -99,18 +123,18 @@ class Engine:
                 "this server refuses requests with tools (it was started with --tools reject)",
                 runner=target.runner_name,
             )
-        if conversation is not None:
-            conversation = conversation.strip()[:MAX_CONVERSATION_ID] or None
+        if request.tools:  # malformed tool schemas and tool_choice are refused before a slot is taken
+            _emulation().plan_tools(request, target.runner_name)
         request = request.model_copy(update={"model": target.model, "allow_tools": self.settings.allow_tools})
-        return Turn(target, request, conversation, stream)
+        return Turn(target, request, conversation, stream, conversation.lookup(target.runner_name, request))
 
     @contextlib.asynccontextmanager
     async def _conversation(self, turn: Turn) -> AsyncIterator[None]:
         """Turns of one conversation run one after another: each resumes what the last left."""
-        if turn.conversation is None:
+        if turn.key is None:
             yield
             return
-        key = (turn.runner.name, turn.conversation)
+        key = (turn.runner.name, turn.key)
         lock, users = self._conversation_locks.get(key, (asyncio.Lock(), 0))
         self._conversation_locks[key] = (lock, users + 1)
         try:
@@ -118,7 +142,7 @@ class Engine:
                 await asyncio.wait_for(lock.acquire(), self.settings.queue_timeout)
             except asyncio.TimeoutError:
                 raise Busy(
-                    f"conversation {turn.conversation!r} is still busy with an earlier turn",
+                    "the conversation is still busy with an earlier turn",
                     runner=turn.runner.name,
                     retry_after=self.limiter.retry_after(),
                 ) from None
@@ -143,9 +167,9 @@ class Engine:
     def _resume(self, turn: Turn) -> tuple[ChatRequest, StoredSession | None]:
         """The request to send: resuming the conversation's tool session when its history fits."""
         runner, request = turn.runner, turn.request
-        if turn.conversation is None or not runner.capabilities.sessions:
+        if turn.key is None or not runner.capabilities.sessions:
             return request, None
-        stored = self.store.get(runner.name, turn.conversation)
+        stored = self.store.get(runner.name, turn.key)
         if stored is None:
             return request, None
         conversation = request.conversation()
@@ -162,13 +186,24 @@ class Engine:
             update["cwd"] = stored.cwd
         return request.model_copy(update=update), stored
 
-    def _commit(self, turn: Turn, sent: ChatRequest, resumed: StoredSession | None, session_id: str | None) -> None:
-        if turn.conversation is None or not session_id or not turn.runner.capabilities.sessions:
+    def _commit(
+        self, turn: Turn, sent: ChatRequest, resumed: StoredSession | None, session_id: str | None, answer: Message
+    ) -> None:
+        if not session_id or not turn.runner.capabilities.sessions:
             return
         conversation = sent.conversation()
         sent_turns = new_turns(conversation) if resumed is not None else conversation
         held = (resumed.messages if resumed is not None else 0) + len(sent_turns) + 1
-        self.store.put(turn.runner.name, turn.conversation, StoredSession(session_id, held, sent.cwd or os.getcwd()))
+        self._store(turn, answer, StoredSession(session_id, held, sent.cwd or os.getcwd()))
+
+    def _store(self, turn: Turn, answer: Message, session: StoredSession) -> str:
+        """Keep the conversation under the key its next turn will look up; returns that key."""
+        key = turn.conversation.after(turn.runner.name, turn.request, answer)
+        self.store.put(turn.runner.name, key, session)
+        if turn.key is not None and turn.key != key:
+            # The conversation moved on: a client sending the older history starts afresh.
+            self.store.delete(turn.runner.name, turn.key)
+        return key
 
     # --- running ---------------------------------------------------------------------------
 
@@ -195,7 +230,10 @@ class Engine:
                         yield chunk
             finally:
                 if warm is not None:
-                    self.warm.checkin(warm[0])
+                    entry = warm[0]
+                    if (entry.conversation or "").startswith(PROVISIONAL):
+                        entry.role = "one-shot"  # its first turn failed: no client can reach it
+                    self.warm.checkin(entry)
         log.info("turn done: runner=%s %.0f ms", runner.name, (time.monotonic() - started) * 1000)
 
     async def _cold(self, turn: Turn) -> AsyncGenerator[ChatChunk, None]:
@@ -203,21 +241,19 @@ class Engine:
         request, resumed = self._resume(turn)
         self._log_start(turn, request)
         while True:
-            session_id: str | None = None
-            yielded = False
+            answer = Answer()
             try:
                 async with contextlib.aclosing(self._source(turn.runner, request)) as chunks:
                     async for chunk in chunks:
-                        session_id = chunk.session_id or session_id
-                        yielded = True
+                        answer.add(chunk)
                         yield chunk
             except SessionNotFound:
-                if resumed is None or yielded:
+                if resumed is None or answer.chunks:
                     raise
                 request, resumed = self._forget(turn)
                 continue
             break
-        self._commit(turn, request, resumed, session_id)
+        self._commit(turn, request, resumed, answer.session_id, answer.message())
 
     # --- warm sessions ---------------------------------------------------------------------
 
@@ -226,9 +262,9 @@ class Engine:
         runner, request = turn.runner, turn.request
         conversation = request.conversation()
         earlier = len(conversation) - len(new_turns(conversation))
-        if turn.conversation is not None:
-            live = self.warm.find(runner.name, turn.conversation)
-            stored = self.store.get(runner.name, turn.conversation) if live is None else None
+        if turn.key is not None:
+            live = self.warm.find(runner.name, turn.key)
+            stored = self.store.get(runner.name, turn.key) if live is None else None
             if live is not None and earlier in (0, live.held):
                 return WarmPlan(live.session.id, live.held, request.cwd or live.shape.cwd, earlier)
             if stored is not None and runner.capabilities.sessions and earlier in (0, stored.messages):
@@ -243,7 +279,8 @@ class Engine:
         entry = await self.warm.checkout(
             turn.runner,
             Shape.of(turn.runner, turn.request, plan.cwd),
-            conversation=turn.conversation,
+            # A new conversation gets a provisional key until its first answer gives it one.
+            conversation=turn.key or f"{PROVISIONAL}{uuid.uuid4().hex}",
             resume=plan.resume,
             held=plan.held,
             replay=plan.replay,
@@ -256,17 +293,17 @@ class Engine:
         while True:
             session = entry.session
             begun = session.turns > 0 or session.settings.resume is not None
-            yielded = False
+            answer = Answer()
             try:
                 async with contextlib.aclosing(session.stream(turn.request)) as chunks:
                     async for chunk in chunks:
-                        yielded = True
+                        answer.add(chunk)
                         yield chunk
             except SessionNotFound:
-                if plan.resume is None or yielded or turn.conversation is None:
+                if plan.resume is None or answer.chunks or turn.key is None:
                     raise
                 log.info("tool session of a conversation is gone; replaying its history")
-                self.store.delete(turn.runner.name, turn.conversation)
+                self.store.delete(turn.runner.name, turn.key)
                 plan = WarmPlan(None, 0, plan.cwd, plan.earlier)
                 await self.warm.renew(entry, None, 0, start=False)
                 continue
@@ -274,9 +311,11 @@ class Engine:
         conversation = turn.request.conversation()
         entry.held += (len(new_turns(conversation)) if begun else len(conversation)) + 1
         session_id = entry.session.id
-        if turn.conversation is not None and session_id and turn.runner.capabilities.sessions:
+        if session_id and turn.runner.capabilities.sessions:
             stored = StoredSession(session_id, entry.held, entry.shape.cwd or os.getcwd())
-            self.store.put(turn.runner.name, turn.conversation, stored)
+            entry.conversation = self._store(turn, answer.message(), stored)
+        else:
+            entry.conversation = turn.conversation.after(turn.runner.name, turn.request, answer.message())
 
     async def complete(self, turn: Turn) -> ChatResponse:
         started = time.monotonic()
@@ -298,22 +337,22 @@ class Engine:
                     raise
                 request, resumed = self._forget(turn)
                 response = await chat_with_tools(turn.runner, request)
-            self._commit(turn, request, resumed, response.session_id)
+            self._commit(turn, request, resumed, response.session_id, answer_of(response))
         log.info("turn done: runner=%s %.0f ms", turn.runner.name, (time.monotonic() - started) * 1000)
         return response
 
     def _forget(self, turn: Turn) -> tuple[ChatRequest, None]:
         """The tool no longer has the session: drop the mapping and send the whole history."""
-        assert turn.conversation is not None
+        assert turn.key is not None
         log.info("tool session of a conversation is gone; replaying its history")
-        self.store.delete(turn.runner.name, turn.conversation)
+        self.store.delete(turn.runner.name, turn.key)
         return turn.request, None
 
     def _log_start(self, turn: Turn, request: ChatRequest, *, warm: bool = False, resumed: bool = False) -> None:
         log.info(
             "turn: runner=%s model=%s stream=%s tools=%d warm=%s resumed=%s",
-            turn.runner.name,
-            request.model or "(default)",
+            printable(turn.runner.name),
+            printable(request.model or "(default)"),
             turn.stream,
             len(request.tools or []),
             warm,

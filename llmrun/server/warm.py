@@ -14,7 +14,9 @@ their own. A request without a conversation closes its spare after the turn.
 
 A daemon killed outright takes its tools with it (PR_SET_PDEATHSIG), but not what they
 started. So the process groups of live sessions are written to one small file per
-daemon, and a starting daemon kills the groups recorded by daemons that are gone.
+daemon (mode 0600), and a starting daemon kills the groups recorded by daemons that are
+gone (as it kills what carries a dead llmrun's name in its environment: see
+`process.kill_orphaned_tools`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import process
+from .. import private, process
 from ..errors import ConfigError, LlmrunError
 from ..runners.base import Runner
 from ..sessions import Session
@@ -436,9 +438,7 @@ class GroupRecord:
         data = {"pid": me, "start": process.start_time(me), "groups": [[g, m] for g, m in groups]}
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(data))
-            temporary.replace(self.path)  # whole or not at all, for a reader at any moment
+            private.write_atomically(self.path, json.dumps(data))  # mode 0600; whole, for a reader at any moment
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, exc)
             return

@@ -40,7 +40,7 @@ from ..errors import (
     UnsupportedFeature,
 )
 from ..prompting import flatten_conversation, with_system_prompt
-from ..runners.base import json_object
+from ..runners.base import as_count, as_number, json_object
 from ..types import AgentEvent, ChatChunk, ChatRequest, FinishReason, Usage
 from .base import WarmConnection
 
@@ -66,8 +66,9 @@ _AUTH = re.compile(r"api key|unauthori[sz]ed|authenticat|not logged in|log ?in",
 _RATE = re.compile(r"rate limit|quota|resource has been exhausted|too many requests", re.I)
 _SESSION = re.compile(r"session.*(not found|does not exist|no such)|no (such )?session", re.I)
 
-# JSON-RPC's "auth required" error of ACP agents.
+# JSON-RPC's "auth required" error of ACP agents, and its own internal error.
 AUTH_REQUIRED = -32000
+INTERNAL_ERROR = -32603
 # After `session/load`, the replayed history is taken as over after this long without an update.
 HISTORY_QUIET = 0.3
 HISTORY_REPLAY_LIMIT = 5.0
@@ -95,7 +96,7 @@ def error_for(code: int, message: str, data: Any = None) -> RunnerError:
     """The typed error for a failed `session/prompt`, from the code and the agent's words."""
     details = json.dumps(data) if data is not None and not isinstance(data, str) else (data or "")
     text = f"{message} {details}".strip()
-    status = code if 400 <= code < 600 else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else None
     if status is None and (found := _STATUS.search(text)):
         status = int(found.group(1))
     summary = _summary(message, data)
@@ -116,7 +117,7 @@ def _summary(message: str, data: Any) -> str:
     """The most telling words of an error: an embedded API error's message, else the details."""
     for text in (message, data.get("details") if isinstance(data, dict) else data):
         if isinstance(text, str) and text.startswith("{"):
-            with contextlib.suppress(ValueError, AttributeError):
+            with contextlib.suppress(ValueError, AttributeError, RecursionError):
                 inner = json.loads(text).get("error", {})
                 if isinstance(inner, dict) and inner.get("message"):
                     return str(inner["message"])
@@ -138,19 +139,37 @@ class _Lines:
 
     async def receive(self) -> dict[str, Any] | None:
         async for line in self._lines:
+            # What the package cannot route is skipped here, where the package would log it
+            # as an error with a traceback (or stop reading): a kind of update newer than the
+            # package, an unknown notification, a response with an id llmrun never sends.
             message = json_object(line)
-            if message is None:
-                log.debug("not JSON-RPC, skipped: %.200s", line)
-            elif message.get("method") == "session/update" and not _known_update(message.get("params")):
-                # A kind of update newer than the protocol package: skipped here, where the
-                # package would log it as an error with a traceback.
-                log.debug("unknown session update, skipped: %.200s", line)
-            else:
-                return message
+            skipped = _unroutable(message) if message is not None else "not JSON-RPC"
+            if message is None or skipped:
+                log.debug("%s, skipped: %.200s", skipped, line)
+                continue
+            error = message.get("error")
+            if error is not None and not isinstance(error, dict):  # the package reads it as an object
+                message = {**message, "error": {"code": INTERNAL_ERROR, "message": str(error)}}
+            return message
         return None
 
     async def close(self) -> None:
         await self._lines.aclose()
+
+
+def _unroutable(message: dict[str, Any]) -> str | None:
+    """Why a message cannot go to the protocol package, or None when it can."""
+    method = message.get("method")
+    if method is None:
+        request_id = message.get("id")
+        return None if isinstance(request_id, (int, str)) and not isinstance(request_id, bool) else "no response"
+    if not isinstance(method, str):
+        return "not JSON-RPC"
+    if "id" in message or method.startswith("_"):
+        return None  # a request (the package answers those it does not know), an extension
+    if method != "session/update":
+        return "unknown notification"
+    return None if _known_update(message.get("params")) else "unknown session update"
 
 
 def _known_update(params: Any) -> bool:
@@ -406,20 +425,19 @@ class AcpConnection(WarmConnection):
                 )
             )
         elif kind == "usage_update" and update.cost is not None and update.cost.currency.upper() == "USD":
-            self._cost = update.cost.amount
+            self._cost = as_number(update.cost.amount)
         # Plans, commands, mode and session-info updates say nothing about the answer.
 
     def _note_usage(self, meta: dict[str, Any] | None) -> None:
         """Some agents (qwen) send a turn's usage in the `_meta` of an empty message chunk."""
         usage = (meta or {}).get("usage")
         if isinstance(usage, dict) and ("inputTokens" in usage or "outputTokens" in usage):
-            with contextlib.suppress(ValueError, TypeError):
-                self._update_usage = Usage(
-                    input_tokens=int(usage.get("inputTokens") or 0),
-                    output_tokens=int(usage.get("outputTokens") or 0),
-                    cache_read_tokens=int(usage.get("cachedReadTokens") or 0),
-                    reasoning_tokens=int(usage.get("thoughtTokens") or 0),
-                )
+            self._update_usage = Usage(
+                input_tokens=as_count(usage.get("inputTokens")) or 0,
+                output_tokens=as_count(usage.get("outputTokens")) or 0,
+                cache_read_tokens=as_count(usage.get("cachedReadTokens")) or 0,
+                reasoning_tokens=as_count(usage.get("thoughtTokens")) or 0,
+            )
 
     def emit_event(self, event: AgentEvent) -> None:
         self.emit(ChatChunk(agent_event=event))

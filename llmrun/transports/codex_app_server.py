@@ -22,7 +22,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ProcessFailed, RunnerError, SessionNotFound, UnsupportedFeature
 from ..prompting import flatten_conversation
-from ..runners.base import json_object
+from ..runners.base import as_count, as_dict, as_list, as_text, json_object
 from ..types import AgentEvent, ChatChunk, ChatRequest, Usage
 from .base import WarmConnection
 
@@ -79,22 +79,27 @@ class CodexAppServer(WarmConnection):
             method = message.get("method")
             if method is None and "id" in message:
                 self._answered(message)
-            elif method is not None and "id" in message:
+            elif not isinstance(method, str):
+                continue  # not JSON-RPC
+            elif "id" in message:
                 reply = DECLINED.get(method)
                 response: dict[str, Any] = (
                     {"result": reply} if reply else {"error": {"code": -32601, "message": "not offered"}}
                 )
                 with contextlib.suppress(RunnerError):
                     await self._send({"id": message["id"], **response})
-            elif isinstance(method, str):
-                self._notified(method, message.get("params") or {})
+            else:
+                self._notified(method, as_dict(message.get("params")))
         gone = self.exit_error()
         for waiting in self._pending.values():
             if not waiting.done():
                 waiting.set_exception(gone)
 
     def _answered(self, message: dict[str, Any]) -> None:
-        answer = self._pending.get(message["id"])
+        request_id = message["id"]
+        if isinstance(request_id, bool) or not isinstance(request_id, int):
+            return  # not one of llmrun's requests, whose ids are numbers
+        answer = self._pending.get(request_id)
         if answer is None or answer.done():
             return
         error = message.get("error")
@@ -119,9 +124,9 @@ class CodexAppServer(WarmConnection):
                 raise SessionNotFound(f"codex cannot resume thread {self.resume}: {exc}") from None
         else:
             opened = await self.request("thread/start", {**self.thread, "ephemeral": False})
-        thread = (opened or {}).get("thread") or {}
-        self.session_id = thread.get("id") or self.resume
-        self.model = (opened or {}).get("model") or self.thread.get("model")
+        thread = as_dict(as_dict(opened).get("thread"))
+        self.session_id = as_text(thread.get("id")) or self.resume
+        self.model = as_text(as_dict(opened).get("model")) or self.thread.get("model")
 
     # --- turns ---------------------------------------------------------------------------
 
@@ -135,39 +140,40 @@ class CodexAppServer(WarmConnection):
             "turn/start",
             {"threadId": self.session_id, "input": [{"type": "text", "text": text, "text_elements": []}]},
         )
-        self._turn_id = ((started or {}).get("turn") or {}).get("id") or self._turn_id
+        self._turn_id = as_text(as_dict(as_dict(started).get("turn")).get("id")) or self._turn_id
 
     def _notified(self, method: str, params: dict[str, Any]) -> None:
-        if method == "item/agentMessage/delta" and params.get("delta"):
+        delta = as_text(params.get("delta"))
+        if method == "item/agentMessage/delta" and delta:
             self._streamed.add(str(params.get("itemId")))
-            self.emit(ChatChunk(delta=str(params["delta"])))
-        elif method in REASONING_DELTAS and params.get("delta"):
+            self.emit(ChatChunk(delta=delta))
+        elif method in REASONING_DELTAS and delta:
             self._streamed.add(str(params.get("itemId")))
-            self.emit(ChatChunk(thinking=str(params["delta"])))
+            self.emit(ChatChunk(thinking=delta))
         elif method == "item/completed":
-            self._item(params.get("item") or {})
+            self._item(as_dict(params.get("item")))
         elif method == "turn/started":
-            self._turn_id = ((params.get("turn") or {}).get("id")) or self._turn_id
+            self._turn_id = as_text(as_dict(params.get("turn")).get("id")) or self._turn_id
         elif method == "thread/tokenUsage/updated":
-            last = (params.get("tokenUsage") or {}).get("last")
+            last = as_dict(params.get("tokenUsage")).get("last")
             if isinstance(last, dict):
                 self._usage = _usage(last)
         elif method == "error":
-            error = params.get("error") or {}
+            error = as_dict(params.get("error"))
             if not params.get("willRetry"):
                 self._error = self.error_from_message(str(error.get("message") or "codex reported an error"))
             else:
                 self.emit(ChatChunk(agent_event=AgentEvent(kind="retry", message=str(error.get("message")))))
         elif method == "turn/completed":
-            self._completed(params.get("turn") or {})
+            self._completed(as_dict(params.get("turn")))
 
     def _item(self, item: dict[str, Any]) -> None:
         """A finished item: its text when it came whole, a tool's run as events."""
         kind, item_id = item.get("type"), str(item.get("id"))
-        if kind == "agentMessage" and item_id not in self._streamed and item.get("text"):
-            self.emit(ChatChunk(delta=str(item["text"])))
+        if kind == "agentMessage" and item_id not in self._streamed and (text := as_text(item.get("text"))):
+            self.emit(ChatChunk(delta=text))
         elif kind == "reasoning" and item_id not in self._streamed:
-            summary = "".join(str(part) for part in item.get("summary") or [] if isinstance(part, str))
+            summary = "".join(part for part in as_list(item.get("summary")) if isinstance(part, str))
             if summary:
                 self.emit(ChatChunk(thinking=summary))
         elif kind in ("commandExecution", "fileChange", "mcpToolCall", "webSearch"):
@@ -206,8 +212,7 @@ class CodexAppServer(WarmConnection):
 
 def _usage(last: dict[str, Any]) -> Usage:
     def count(key: str) -> int:
-        value = last.get(key)
-        return int(value) if isinstance(value, (int, float)) else 0
+        return as_count(last.get(key)) or 0
 
     # As in OpenAI's usage, the input count includes the cached and cache-written tokens.
     cached, written = count("cachedInputTokens"), count("cacheWriteInputTokens")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UnsupportedFeature
 from ..prompting import flatten_conversation
-from ..runners.base import json_object
+from ..runners.base import as_dict, json_object
 from ..runners.stream_json import StreamJsonParser
 from ..types import ChatRequest
 from .base import WarmConnection
@@ -95,7 +95,7 @@ class StreamJsonInput(WarmConnection):
     def _answered(self, event: dict[str, Any]) -> None:
         """A control response: the one to `initialize` says the tool is ready, whatever its
         subtype (a tool too old to know `initialize` still says so by answering)."""
-        response = event.get("response") or {}
+        response = as_dict(event.get("response"))
         if response.get("request_id") == self._initialize_id and self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
 
