@@ -70,6 +70,9 @@ def llmrun(spawned: list[pexpect.spawn], *args: str, **env: str) -> pexpect.spaw
         encoding="utf-8",
         timeout=30,
         dimensions=(40, 200),
+        # A terminal delivers Ctrl-C; a test run started in the background ignores SIGINT,
+        # and children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     spawned.append(child)
     return child

@@ -134,7 +134,9 @@ class ClaudeCodeRunner(CliRunner):
         result = await process.run_command([binary, "auth", "status"], env_remove=self.env_remove)
         try:
             status = json.loads(result.stdout)
-        except ValueError:
+        except (ValueError, RecursionError):
+            status = None
+        if not isinstance(status, dict):
             return (result.returncode == 0), result.stdout.strip() or result.stderr.strip()
         logged_in = bool(status.get("loggedIn"))
         method = status.get("authMethod") or "none"

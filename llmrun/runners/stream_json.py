@@ -120,18 +120,12 @@ class StreamJsonParser(Parser):
             if not isinstance(block, dict):
                 continue
             kind = block.get("type")
-            if kind == "text" and (text := as_text(block.get("text"))) and (message_id, "text") not in self._streamed:
-                chunks.append(self._text(message_id, text))
-            elif (
-                kind == "thinking"
-                and (thinking := as_text(block.get("thinking")))
-                and (message_id, "thinking") not in self._streamed
-            ):
-                chunks.append(ChatChunk(thinking=thinking))
+            text = as_text(block.get(kind)) if kind in ("text", "thinking") else None  # the block's own key
+            if text and (message_id, kind) not in self._streamed:
+                chunks.append(self._text(message_id, text) if kind == "text" else ChatChunk(thinking=text))
             elif kind == "tool_use":
-                use = AgentEvent(
-                    kind="tool_use", id=as_text(block.get("id")), name=as_text(block.get("name")), input=block.get("input")
-                )
+                name, tool_input = as_text(block.get("name")), block.get("input")
+                use = AgentEvent(kind="tool_use", id=as_text(block.get("id")), name=name, input=tool_input)
                 chunks.append(ChatChunk(agent_event=use))
         return chunks
 

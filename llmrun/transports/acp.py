@@ -162,7 +162,8 @@ def _unroutable(message: dict[str, Any]) -> str | None:
     method = message.get("method")
     if method is None:
         request_id = message.get("id")
-        return None if isinstance(request_id, (int, str)) and not isinstance(request_id, bool) else "no response"
+        valid = isinstance(request_id, (int, str)) and not isinstance(request_id, bool)
+        return None if valid else "an answer to no request of llmrun's"
     if not isinstance(method, str):
         return "not JSON-RPC"
     if "id" in message or method.startswith("_"):
