@@ -304,7 +304,7 @@ def main() -> int:
         port = free_port()
         argv = [sys.executable, "-m", "llmrun", "serve", "--port", str(port), "--log-level", "warning"]
         argv += ["--max-concurrency", str(streams), "--max-per-runner", str(streams), "--max-queue", "10"]
-        argv += ["--sessions", str(Path(tmp) / "sessions.sqlite3")]
+        argv += ["--sessions", str(Path(tmp) / "sessions.sqlite3"), "--max-warm", "0"]  # one-shot runs
         daemon = Daemon(argv, port, env)
         try:
             run(through_server(daemon.url, "claude_code", 3))  # settle: first tool start, lazy imports
