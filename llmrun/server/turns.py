@@ -4,6 +4,9 @@ Everything a run holds (its slot, its conversation's lock, its tool process) is 
 when the run's generator ends, whether it completed, failed or was closed because the
 client went away. A conversation's session mapping is written only after a run completed.
 
+Which stored conversation a request continues, if any, is decided in conversations.py; a
+new one is stored under its history once its first turn has succeeded.
+
 On a runner with a warm mode, a conversation's turns go to its warm session (server/warm.py),
 one live tool process sent only the new messages; a client that goes away mid-turn
 interrupts the turn and leaves the process for the next one. Requests with tools or a

@@ -6,11 +6,12 @@ full, the least recently used idle conversation is closed; one idle for
 `warm_idle_timeout` is closed too. A closed conversation is not lost: the SessionStore
 keeps the tool's session id, and its next turn resumes it in a new process.
 
-Spares (`[server.prewarm]`) are sessions started before anyone asks: a new conversation,
-or a request without one, whose runner, model and settings match takes a spare and skips
-the start-up, and another spare is started at once. Spares count in max_warm and their
-configured total stays below it, so conversations keep `max_warm - spares` places of
-their own. A request without a conversation closes its spare after the turn.
+Spares (`[server.prewarm]`) are sessions started before anyone asks: a new conversation
+whose runner, model and settings match takes a spare and skips the start-up, and another
+spare is started at once. Spares count in max_warm and their configured total stays below
+it, so conversations keep `max_warm - spares` places of their own. A session marked
+"one-shot" (a new conversation whose first turn failed, which no client can name) is closed
+after its turn.
 
 A daemon killed outright takes its tools with it (PR_SET_PDEATHSIG), but not what they
 started. So the process groups of live sessions are written to one small file per
