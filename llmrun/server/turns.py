@@ -41,7 +41,9 @@ from .warm import Shape, WarmEntry, WarmPool
 
 log = logging.getLogger("llmrun.server")
 
+# Key of a new conversation's warm session until its first answer names the conversation.
 PROVISIONAL = "new:"
+
 
 @dataclass
 class Turn:
