@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -313,3 +314,12 @@ def still_alive(pids: list[int], within: float = 5.0) -> list[int]:
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.02)
+
+
+@pytest.fixture
+def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The system temp directory of one test, so that what runs leave there can be seen."""
+    path = tmp_path / "temp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path

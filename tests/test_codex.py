@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,7 @@ CODEX = next(tool for tool in FAKE_TOOLS if tool.runner == "codex")
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
 
 
-@pytest.fixture(autouse=True)
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where the runner's temporary files go in these tests, so none can be left in /tmp."""
-    path = tmp_path / "temp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("temp_dir")  # each test sees the temp files of its own runs
 
 
 @pytest.fixture

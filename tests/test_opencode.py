@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,6 @@ def opencode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRun:
 def no_inline_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENCODE_CONFIG_CONTENT", raising=False)
 
-
-@pytest.fixture
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where the runner's temp files go in this test (they must be gone afterwards)."""
-    path = tmp_path / "tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
 
 
 def build(request: ChatRequest, runner: OpencodeRunner | None = None) -> llmrun.process.Invocation:

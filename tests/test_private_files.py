@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,14 +35,6 @@ pytestmark = pytest.mark.timeout(120)
 
 LONG_SYSTEM = "rule " * SYSTEM_PROMPT_ARGV_LIMIT  # long enough to go through a file
 
-
-@pytest.fixture
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """The system temp directory of these tests, so that what is left there can be seen."""
-    path = tmp_path / "temp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
 
 
 @pytest.fixture

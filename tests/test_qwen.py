@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,6 @@ def qwen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRun:
     (tool,) = [t for t in FAKE_TOOLS if t.runner == "qwen"]
     return FakeRun(tool, monkeypatch, record)
 
-
-@pytest.fixture
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where the runner's temp files go in this test (they must be gone afterwards)."""
-    path = tmp_path / "tmp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
 
 
 @pytest.fixture(autouse=True)

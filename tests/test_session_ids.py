@@ -16,7 +16,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,13 +114,7 @@ def everything_in(places: set[Path]) -> set[Path]:
     return {path for place in places if place.is_dir() for path in place.rglob("*")}
 
 
-@pytest.fixture(autouse=True)
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Where the runners' temporary files go in these tests, so that each test sees its own."""
-    path = tmp_path / "temp"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("temp_dir")  # each test sees the temp files of its own runs
 
 
 # --- the command line -----------------------------------------------------------------------

@@ -109,7 +109,6 @@ TOOLS_OFF_CONFIG: tuple[tuple[str, str], ...] = (
     ("web_search", '"disabled"'),
 )
 
-IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
 _THREAD_ID = re.compile(r"^[0-9A-Za-z-]{8,64}$")
 
 
@@ -430,11 +429,11 @@ class CodexRunner(CliRunner):
             for key, value in (options.get("config") or {}).items():
                 settings.append((str(key), toml_value(value)))
             if system := request.system_prompt():
-                path = _write_temp(system, prefix="llmrun-system-", suffix=".md")
+                path = private.write_file(system, prefix="llmrun-system-", suffix=".md")
                 temp_files.append(path)
                 settings.append(("model_instructions_file", toml_value(path)))
             if request.json_schema is not None:
-                path = _write_temp(json.dumps(request.json_schema), prefix="llmrun-schema-", suffix=".json")
+                path = private.write_file(json.dumps(request.json_schema), prefix="llmrun-schema-", suffix=".json")
                 temp_files.append(path)
                 exec_args += ["--output-schema", path]
         except BaseException:
@@ -624,10 +623,6 @@ def _turns_sent(request: ChatRequest) -> list[Any]:
     return new_turns(request.messages) if request.session_id else request.conversation()
 
 
-def _write_temp(text: str, *, prefix: str, suffix: str) -> str:
-    return private.write_file(text, prefix=prefix, suffix=suffix)
-
-
 def _write_image(image: ImagePart, runner: str) -> str:
     """A private file for an image given as data; codex attaches only local files."""
     if image.url is not None and not images.is_data_url(image.url):
@@ -636,7 +631,7 @@ def _write_image(image: ImagePart, runner: str) -> str:
         raw, media_type = images.image_bytes(image)
     except ValueError as exc:
         raise UnsupportedFeature(str(exc), runner=runner) from None
-    return images.write_image_file(raw, IMAGE_SUFFIXES.get(media_type or "", ".png"))
+    return images.write_image_file(raw, images.IMAGE_SUFFIXES.get(media_type or "", ".png"))
 
 
 def thread_usage(codex_home: str, thread_id: str) -> dict[str, int] | None:

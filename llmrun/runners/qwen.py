@@ -271,11 +271,12 @@ class QwenRunner(CliRunner):
                     argv.append(f"--system-prompt={system}")
                 else:
                     # Replaces qwen's base prompt just as --system-prompt does.
-                    env["QWEN_SYSTEM_MD"] = _write_temp(system, "llmrun-system-", ".md")
+                    env["QWEN_SYSTEM_MD"] = private.write_file(system, prefix="llmrun-system-", suffix=".md")
                     temp_files.append(env["QWEN_SYSTEM_MD"])
             settings = run_settings({**os.environ, **self.env})
             if settings is not None:
-                env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"] = _write_temp(json.dumps(settings), "llmrun-qwen-", ".json")
+                defaults = private.write_file(json.dumps(settings), prefix="llmrun-qwen-", suffix=".json")
+                env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"] = defaults
                 temp_files.append(env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"])
         except BaseException:
             for path in temp_files:
@@ -420,5 +421,3 @@ def _flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def _write_temp(text: str, prefix: str, suffix: str) -> str:
-    return private.write_file(text, prefix=prefix, suffix=suffix)
