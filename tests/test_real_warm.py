@@ -118,16 +118,23 @@ async def test_interrupt_keeps_the_process_and_the_conversation(runner: llmrun.R
     await assert_no_processes_in(workdir)
 
 
-async def saved(session_id: str | None, home: Path, within: float = 60.0) -> None:
-    """Wait until the tool has written its session to disk (some write it a moment after the
-    turn; one killed before that has lost it, and SessionNotFound is then the right answer)."""
+async def saved(session_id: str | None, text: str, home: Path, within: float = 60.0) -> None:
+    """Wait until the tool has written the turn holding `text` to its session file (some create
+    the file first and append the turn a moment later; one killed before that has lost it)."""
     assert session_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while loop.time() < deadline:
-        if any(session_id[:8] in str(path) for path in home.rglob("*")):
+        if any(text in _read(path) for path in home.rglob("*") if session_id[:8] in str(path)):
             return
         await asyncio.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
 
 
 async def test_a_killed_process_is_replaced_and_the_session_resumed(
@@ -136,7 +143,7 @@ async def test_a_killed_process_is_replaced_and_the_session_resumed(
     async with session_of(runner, workdir) as session:
         await session.complete("My name is Ann")
         (leader,) = {os.getpgid(pid) for pid in session.pids()}
-        await saved(session.id, Path(os.environ["HOME"]))
+        await saved(session.id, "My name is Ann", Path(os.environ["HOME"]))
         os.killpg(leader, 9)
         while group_members(leader):
             await asyncio.sleep(0.05)
