@@ -10,7 +10,9 @@ install:
 # The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
 install-clis:
 	npm install -g --no-audit --no-fund @anthropic-ai/claude-code @openai/codex @google/gemini-cli @qwen-code/qwen-code @github/copilot opencode-ai
+	npm install -g --no-audit --no-fund cline @kilocode/cli@7.7.7 @continuedev/cli droid
 	$(PYTHON) -m pip install llm llm-echo llm-markov
+	bash scripts/install-python-tools
 
 test:
 	$(PYTHON) -m pytest -q

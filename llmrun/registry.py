@@ -27,6 +27,16 @@ BUILTIN: dict[str, str] = {
     "llm": "llmrun.runners.llm:LlmRunner",
     "ollama": "llmrun.runners.ollama:OllamaRunner",
     "cursor_agent": "llmrun.runners.cursor_agent:CursorAgentRunner",
+    "cline": "llmrun.runners.cline:ClineRunner",
+    "kilo": "llmrun.runners.kilo:KiloRunner",
+    "continue": "llmrun.runners.continue_cli:ContinueRunner",
+    "droid": "llmrun.runners.droid:DroidRunner",
+    "vibe": "llmrun.runners.vibe:VibeRunner",
+    "aider": "llmrun.runners.aider:AiderRunner",
+    "kimi": "llmrun.runners.kimi:KimiRunner",
+    "gptme": "llmrun.runners.gptme:GptmeRunner",
+    "goose": "llmrun.runners.goose:GooseRunner",
+    "kiro": "llmrun.runners.kiro:KiroRunner",
 }
 
 ALIASES: dict[str, str] = {
@@ -48,6 +58,23 @@ ALIASES: dict[str, str] = {
     "llm_cli": "llm",
     "cursor-agent": "cursor_agent",
     "cursor": "cursor_agent",
+    "cline-cli": "cline",
+    "kilocode": "kilo",
+    "kilo-code": "kilo",
+    "kilo_code": "kilo",
+    "cn": "continue",
+    "continue-cli": "continue",
+    "continue_cli": "continue",
+    "factory": "droid",
+    "factory-droid": "droid",
+    "mistral-vibe": "vibe",
+    "mistral_vibe": "vibe",
+    "aider-chat": "aider",
+    "kimi-cli": "kimi",
+    "kimi_cli": "kimi",
+    "goose-cli": "goose",
+    "kiro-cli": "kiro",
+    "kiro_cli": "kiro",
 }
 
 

@@ -377,6 +377,8 @@ class RunnerMetadata(_Model):
     default_model: str | None
     capabilities: Capabilities
     models: list[ModelInfo]
+    cannot_lock_down: str = ""
+    """What of the tool's own agent llmrun cannot switch off; empty when everything can be."""
 
 
 class HealthReport(_Model):

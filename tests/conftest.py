@@ -49,6 +49,8 @@ class FakeTool:
     """Transcript → name of the error class the runner must raise for it."""
     config: str = ""
     """A config file to run with (TOML): for a runner defined there, which is known only through it."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment for its runs; `{fixtures}` stands for the fixtures directory."""
 
     @property
     def binary(self) -> Path:
@@ -242,6 +244,10 @@ FAKE_TOOLS = [
 ]
 
 
+# Runners may also declare their fake in tests/fakes/<runner>.json (the fields of FakeTool).
+FAKE_TOOLS += [FakeTool(**json.loads(path.read_text())) for path in sorted((ROOT / "tests" / "fakes").glob("*.json"))]
+
+
 class FakeRun:
     """Drives a fake CLI through environment variables and reads what it recorded."""
 
@@ -254,6 +260,8 @@ class FakeRun:
             config.write_text(tool.config)
             monkeypatch.setenv("LLMRUN_CONFIG", str(config))
         monkeypatch.setenv(f"LLMRUN_{tool.runner.upper()}_BIN", str(tool.binary))
+        for name, value in tool.env.items():
+            monkeypatch.setenv(name, value.replace("{fixtures}", str(FIXTURES)))
         monkeypatch.setenv("LLMRUN_FAKE_RECORD", str(record))
         self.scenario(tool.ok_scenario)
 

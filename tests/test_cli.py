@@ -334,6 +334,31 @@ def test_runners_table(claude: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None
     assert "To fix:" in result.stdout and "codex: install it with" in result.stdout
 
 
+def test_runners_say_what_llmrun_cannot_lock_down(claude: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrun import registry
+    from llmrun.runners.claude_code import ClaudeCodeRunner
+
+    class Unconfined(ClaudeCodeRunner):
+        name = "unconfined"
+        cannot_lock_down = "its shell tool runs commands it calls low risk"
+
+    monkeypatch.setattr(sys.modules[__name__], "Unconfined", Unconfined, raising=False)
+    monkeypatch.setitem(registry.BUILTIN, "unconfined", f"{__name__}:Unconfined")
+    only_installed(monkeypatch, "claude_code")
+    rows = {row["name"]: row for row in json.loads(cli.invoke(app, ["runners", "--json"]).stdout)}
+    assert rows["unconfined"]["cannot_lock_down"] == Unconfined.cannot_lock_down
+    assert rows["claude_code"]["cannot_lock_down"] == ""
+    table = cli.invoke(app, ["runners"]).stdout
+    assert "Not locked down by llmrun:" in table and f"unconfined: {Unconfined.cannot_lock_down}" in table
+
+
+def test_nineteen_tools_are_built_in() -> None:
+    from llmrun.registry import BUILTIN, get_runner_class
+
+    assert len(BUILTIN) == 19
+    assert len({get_runner_class(name).binary for name in BUILTIN}) == 19  # nineteen different tools
+
+
 def test_models_marks_builtin_and_discovered(monkeypatch: pytest.MonkeyPatch, claude: FakeRun) -> None:
     from llmrun import registry
     from llmrun.runners.claude_code import ClaudeCodeRunner

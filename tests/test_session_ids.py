@@ -76,6 +76,7 @@ ID_ARGUMENTS = {
     "llm": lambda sid: [f"--cid={sid}"],
     "ollama": lambda sid: [],  # the runner keeps ollama's sessions: no id on the command line
     "cursor_agent": lambda sid: [f"--resume={sid}"],
+    "kimi": lambda sid: [f"--session={sid}"],
 }
 ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name != "ollama"]
 

@@ -96,6 +96,7 @@ def runner_rows() -> list[dict[str, Any]]:
                 "status": report.status,
                 "default_model": runner.default_model if runner else None,
                 "capabilities": runner.capabilities.model_dump() if runner else {},
+                "cannot_lock_down": runner.cannot_lock_down if runner else "",
                 "message": report.message,
                 "hint": report.hint,
             }
@@ -128,6 +129,10 @@ def print_runners(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         )
     out = render.console(sys.stdout)
     out.print(table)
+    if gaps := [(row["name"], row["cannot_lock_down"]) for row in rows if row["cannot_lock_down"]]:
+        out.print("Not locked down by llmrun:")
+        for name, gap in gaps:
+            out.print(f"  {name}: {gap}", markup=False)
     fixes = [(row["name"], row["hint"]) for row in rows if row["status"] != "ok" and row["hint"]]
     if fixes:
         out.print("To fix:")

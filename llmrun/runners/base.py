@@ -148,6 +148,8 @@ class Runner(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     builtin_models: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
     """(model id, aliases) pairs known without asking the tool."""
+    cannot_lock_down: ClassVar[str] = ""
+    """What of the tool's own agent llmrun cannot switch off (shown by `llmrun runners`)."""
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """The whole answer; by construction the same as concatenating `stream()`."""
@@ -187,6 +189,7 @@ class Runner(ABC):
             default_model=self.default_model,
             capabilities=self.capabilities,
             models=self.known_models(),
+            cannot_lock_down=self.cannot_lock_down,
         )
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
