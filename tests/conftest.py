@@ -50,7 +50,8 @@ class FakeTool:
     config: str = ""
     """A config file to run with (TOML): for a runner defined there, which is known only through it."""
     env: dict[str, str] = field(default_factory=dict)
-    """Environment for its runs; `{fixtures}` stands for the fixtures directory."""
+    """Environment for its runs; `{fixtures}` stands for the fixtures directory, `{tmp}` for the
+    test's own temporary directory."""
 
     @property
     def binary(self) -> Path:
@@ -261,7 +262,7 @@ class FakeRun:
             monkeypatch.setenv("LLMRUN_CONFIG", str(config))
         monkeypatch.setenv(f"LLMRUN_{tool.runner.upper()}_BIN", str(tool.binary))
         for name, value in tool.env.items():
-            monkeypatch.setenv(name, value.replace("{fixtures}", str(FIXTURES)))
+            monkeypatch.setenv(name, value.replace("{fixtures}", str(FIXTURES)).replace("{tmp}", str(record.parent)))
         monkeypatch.setenv("LLMRUN_FAKE_RECORD", str(record))
         self.scenario(tool.ok_scenario)
 

@@ -22,16 +22,24 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CLAUDE_ENV", "CLI_PACKAGES", "become", "claude_env", "loopback_only", "require_binary"]
+__all__ = ["CLAUDE_ENV", "CLI_INSTALL", "become", "claude_env", "loopback_only", "require_binary"]
 
-# Binary name -> npm package that provides it; used in skip messages.
-CLI_PACKAGES: dict[str, str] = {
-    "claude": "@anthropic-ai/claude-code",
-    "codex": "@openai/codex",
-    "gemini": "@google/gemini-cli",
-    "qwen": "@qwen-code/qwen-code",
-    "copilot": "@github/copilot",
-    "opencode": "opencode-ai",
+# Binary name -> the command that installs it (as .ci/run does); used in skip messages.
+CLI_INSTALL: dict[str, str] = {
+    "claude": "npm install -g @anthropic-ai/claude-code",
+    "codex": "npm install -g @openai/codex",
+    "gemini": "npm install -g @google/gemini-cli",
+    "qwen": "npm install -g @qwen-code/qwen-code",
+    "copilot": "npm install -g @github/copilot",
+    "opencode": "npm install -g opencode-ai",
+    "cline": "npm install -g cline",
+    "kilo": "npm install -g @kilocode/cli@7.7.7",
+    "cn": "npm install -g @continuedev/cli",
+    "droid": "npm install -g droid",
+    "aider": "scripts/install-python-tools",
+    "gptme": "scripts/install-python-tools",
+    "vibe": "scripts/install-python-tools",
+    "kimi": "scripts/install-python-tools",
 }
 
 # Switches that keep claude off the network apart from the model API, and make errors fast.
@@ -279,8 +287,8 @@ def require_binary(name: str) -> str:
     """Path of the installed CLI `name`, or skip the test with the install hint."""
     path = shutil.which(name)
     if path is None:
-        pkg = CLI_PACKAGES.get(name, name)
-        pytest.skip(f"{name} is not installed (CI installs it with: npm install -g {pkg})")
+        install = CLI_INSTALL.get(name, f"npm install -g {name}")
+        pytest.skip(f"{name} is not installed (CI installs it with: {install})")
     return path
 
 

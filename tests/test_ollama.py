@@ -287,7 +287,7 @@ async def test_an_unknown_session_is_not_found_without_running_ollama(fake: Path
 
 async def test_sessions_are_bounded(fake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMRUN_FAKE_SCENARIO", "run-plain")
-    monkeypatch.setattr(ollama, "MAX_SESSIONS", 2)
+    monkeypatch.setattr(ollama.OllamaRunner, "max_conversations", 2)
     runner = llmrun.get_runner("ollama")
     ids = [(await runner.complete(ChatRequest.of(f"q{n}"))).session_id for n in range(3)]
 

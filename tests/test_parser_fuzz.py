@@ -35,15 +35,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmrun.errors import LlmrunError, ProcessFailed, RunnerError
+from llmrun.registry import BUILTIN, get_runner_class
 from llmrun.runners.base import CliRunner
 from llmrun.runners.claude_code import ClaudeCodeRunner
 from llmrun.runners.codex import CodexRunner
 from llmrun.runners.configured import runner_classes
 from llmrun.runners.copilot import USAGE_FILE, CopilotRunner
-from llmrun.runners.cursor_agent import CursorAgentRunner
 from llmrun.runners.gemini import GeminiRunner
-from llmrun.runners.llm import LlmRunner
-from llmrun.runners.ollama import OllamaRunner
 from llmrun.runners.opencode import OpencodeRunner
 from llmrun.runners.qwen import QwenRunner
 from llmrun.sessions import SessionSettings
@@ -259,16 +257,9 @@ def text_cli_runner() -> CliRunner:
     return runner
 
 
+# Each built-in runner by the name of its tool's fixtures, and the runners defined in config.
 ONE_SHOT: dict[str, Callable[[], CliRunner]] = {
-    "claude": ClaudeCodeRunner,
-    "codex": CodexRunner,
-    "gemini": GeminiRunner,
-    "qwen": QwenRunner,
-    "copilot": CopilotRunner,
-    "opencode": OpencodeRunner,
-    "cursor-agent": CursorAgentRunner,
-    "llm": LlmRunner,
-    "ollama": OllamaRunner,
+    **{runner.binary: runner for runner in map(get_runner_class, BUILTIN) if issubclass(runner, CliRunner)},
     "jsonl-cli": jsonl_cli_runner,
     "text-cli": text_cli_runner,
 }
@@ -330,7 +321,7 @@ def test_one_shot_parsers_fail_only_with_typed_errors(tool: str, data: st.DataOb
 
 
 def test_every_runner_with_transcripts_is_fuzzed() -> None:
-    tools = {path.parent.name for path in FIXTURES.glob("*/commands.json")}
+    tools = {path.parent.name for path in FIXTURES.glob("*/*.stdout")}
     assert tools == set(ONE_SHOT)
 
 

@@ -77,8 +77,13 @@ ID_ARGUMENTS = {
     "ollama": lambda sid: [],  # the runner keeps ollama's sessions: no id on the command line
     "cursor_agent": lambda sid: [f"--resume={sid}"],
     "kimi": lambda sid: [f"--session={sid}"],
+    "continue": lambda sid: [f"--fork={sid}"],
+    "cline": lambda sid: [],  # no headless resume: the history is sent again (warm sessions load it over ACP)
+    "vibe": lambda sid: [f"--resume={sid}"],
+    "kilo": lambda sid: [f"--session={sid}"],
+    "gptme": lambda sid: [],  # the runner keeps gptme's conversations, as ollama's
 }
-ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name != "ollama"]
+ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name not in ("ollama", "gptme")]
 
 RUN_LIMIT = 30.0
 cli = CliRunner()
@@ -129,7 +134,7 @@ def test_every_builtin_runner_is_covered() -> None:
 @pytest.mark.parametrize("name", list(ID_ARGUMENTS))
 def test_a_valid_id_reaches_the_tool_only_in_a_form_that_is_no_option(name: str, session_id: str) -> None:
     runner = fake_runner(name)
-    if name == "ollama":
+    if name in ("ollama", "gptme"):
         runner._remember(session_id, [Message.user("first"), Message.assistant("answer")])  # type: ignore[attr-defined]
     argv = runner.prepared_invocation(resumed_request(session_id)).argv
 

@@ -16,7 +16,9 @@ import re
 import shlex
 import shutil
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -30,6 +32,7 @@ from ..errors import (
     OutputParseError,
     ProcessFailed,
     RunnerError,
+    SessionNotFound,
     UnsupportedFeature,
 )
 from ..prompting import new_turns
@@ -43,6 +46,7 @@ from ..types import (
     ChatRequest,
     ChatResponse,
     HealthReport,
+    Message,
     ModelInfo,
     RunnerMetadata,
     check_session_id,
@@ -514,6 +518,48 @@ class CliRunner(Runner):
 
     def login_hint(self) -> str | None:
         return None
+
+
+class HistoryKeepingRunner(CliRunner):
+    """A runner for a tool that keeps no sessions: llmrun keeps each conversation, for as long
+    as the runner lives, and gives the tool the whole of it with each new turn."""
+
+    max_conversations: ClassVar[int] = 64
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._conversations: OrderedDict[str, list[Message]] = OrderedDict()
+
+    def conversation_of(self, request: ChatRequest) -> list[Message]:
+        """The conversation so far with the request's new turns: what the tool is given."""
+        if request.session_id is None:
+            return request.conversation()
+        earlier = self._conversations.get(request.session_id)
+        if earlier is None:
+            raise SessionNotFound(
+                f"no {self.display_name} session {request.session_id!r}: the tool keeps none, and "
+                "llmrun keeps its own only while the runner lives",
+                runner=self.name,
+            )
+        return [*earlier, *new_turns(request.messages)]
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        conversation = self.conversation_of(request)
+        answer: list[str] = []
+        async with aclosing(super().stream(request)) as chunks:
+            async for chunk in chunks:
+                answer.append(chunk.delta)
+                if chunk.is_final:
+                    session_id = request.session_id or uuid.uuid4().hex
+                    self._remember(session_id, [*conversation, Message.assistant("".join(answer))])
+                    chunk = chunk.model_copy(update={"session_id": session_id})
+                yield chunk
+
+    def _remember(self, session_id: str, messages: list[Message]) -> None:
+        self._conversations[session_id] = messages
+        self._conversations.move_to_end(session_id)
+        while len(self._conversations) > self.max_conversations:
+            self._conversations.popitem(last=False)
 
 
 def _last_line(text: str) -> str:

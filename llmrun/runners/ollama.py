@@ -36,11 +36,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections import OrderedDict
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from typing import Any
 
 from .. import process
 from ..errors import (
@@ -50,12 +45,11 @@ from ..errors import (
     RateLimitError,
     RunnerError,
     ServiceUnavailable,
-    SessionNotFound,
     UnsupportedFeature,
 )
-from ..prompting import flatten_conversation, new_turns, with_system_prompt
-from ..types import Capabilities, ChatChunk, ChatRequest, HealthReport, Message, Usage
-from .base import CliRunner, Parser, _last_line, parse_count
+from ..prompting import flatten_conversation, with_system_prompt
+from ..types import Capabilities, ChatChunk, ChatRequest, HealthReport, Usage
+from .base import HistoryKeepingRunner, Parser, _last_line, parse_count
 
 THINKING_OPEN = "Thinking...\n"
 # ollama adds the leading newline itself when the thinking does not end with one.
@@ -67,7 +61,6 @@ SERVER_HINT = "start the Ollama server with `ollama serve` (or open the Ollama a
 PULL_HINT = "pull the model with `ollama pull NAME`; `ollama list` shows the pulled ones"
 SIGNIN_HINT = "run `ollama signin` to use Ollama's cloud models"
 THINK_VALUES = ("true", "false", "low", "medium", "high", "max")
-MAX_SESSIONS = 64
 
 # CSI, OSC (a title) and two-character escapes; "[" and "]" only ever start the longer two.
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\^_])")
@@ -231,7 +224,7 @@ def _marker_start(text: str, marker: str) -> int:
 # --- the runner ------------------------------------------------------------------------------
 
 
-class OllamaRunner(CliRunner):
+class OllamaRunner(HistoryKeepingRunner):
     name = "ollama"
     display_name = "Ollama"
     binary = "ollama"
@@ -253,10 +246,6 @@ class OllamaRunner(CliRunner):
         model_discovery=True,
     )
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self._sessions: OrderedDict[str, list[Message]] = OrderedDict()
-
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         options = request.options
         argv = [binary, "run", "--nowordwrap", "--verbose"]
@@ -275,43 +264,12 @@ class OllamaRunner(CliRunner):
             argv.append("--format=" + json.dumps(request.json_schema))
         argv += [str(arg) for arg in options.get("extra_args", [])]
         argv += ["--", str(self.model_for(request))]  # a model name never reads as a flag
-        prompt = with_system_prompt(flatten_conversation(self._conversation(request)), request.system_prompt())
+        prompt = with_system_prompt(flatten_conversation(self.conversation_of(request)), request.system_prompt())
         return process.Invocation(argv=argv, stdin=prompt.encode(), env_remove=self.env_remove, cwd=request.cwd)
-
-    def _conversation(self, request: ChatRequest) -> list[Message]:
-        if request.session_id is None:
-            return request.conversation()
-        earlier = self._sessions.get(request.session_id)
-        if earlier is None:
-            raise SessionNotFound(
-                f"no ollama session {request.session_id!r}: ollama keeps none, and this runner "
-                "keeps its own only while it lives",
-                runner=self.name,
-            )
-        return [*earlier, *new_turns(request.messages)]
 
     def new_parser(self, request: ChatRequest) -> Parser:
         hidden = bool(request.options.get("hide_thinking")) or str(request.options.get("think")).lower() == "false"
         return OllamaParser(model=self.model_for(request), thinking_shown=not hidden)
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        conversation = self._conversation(request) if request.session_id else None
-        answer: list[str] = []
-        async with aclosing(super().stream(request)) as chunks:
-            async for chunk in chunks:
-                answer.append(chunk.delta)
-                if chunk.is_final:
-                    session_id = request.session_id or uuid.uuid4().hex
-                    turns = conversation if conversation is not None else request.conversation()
-                    self._remember(session_id, [*turns, Message.assistant("".join(answer))])
-                    chunk = chunk.model_copy(update={"session_id": session_id})
-                yield chunk
-
-    def _remember(self, session_id: str, messages: list[Message]) -> None:
-        self._sessions[session_id] = messages
-        self._sessions.move_to_end(session_id)
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
         if message := error_text(stderr):

@@ -46,7 +46,7 @@ import os
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import private, process
 from ..errors import (
@@ -74,6 +74,7 @@ LOGIN_HINT = (
     "configure a provider: `opencode auth login`, a provider in opencode.json, or one in OPENCODE_CONFIG_CONTENT; "
     "then name its model as provider/model"
 )
+MODELS_HINT = "`opencode models` lists the models opencode knows, as provider/model"
 AGENT = "llmrun"
 # The rules of llmrun's agent without allow_tools: the last matching rule wins, so the
 # catch-all deny comes first and the read-only tools are allowed after it.
@@ -122,7 +123,7 @@ def classify(message: str, status: int | None = None, name: str = "") -> RunnerE
     if name == "ContextOverflowError" or _CONTEXT.search(text):
         return ContextLengthExceeded(text)
     if status == 404 or _MODEL.search(f"{name} {text}"):
-        return ModelNotFound(text, hint="`opencode models` lists the models opencode knows, as provider/model")
+        return ModelNotFound(text, hint=MODELS_HINT)
     if status is None and _RATE.search(text):
         return RateLimitError(text)
     if status is None and _AUTH.search(f"{name} {text}"):
@@ -294,6 +295,14 @@ class OpencodeRunner(CliRunner):
         prompt_via_stdin=True,
     )
     # No default model: opencode's configured one (`model` in its config) applies.
+    # What a fork of opencode (kilo) names differently: the variable of the inline config,
+    # its config file, the agent a system prompt goes to when none is named, the read-only
+    # rules, and the ACP modes that are read-only.
+    config_variable: ClassVar[str] = "OPENCODE_CONFIG_CONTENT"
+    config_file: ClassVar[str] = "opencode.json"
+    default_agent: ClassVar[str] = "build"
+    read_only_permission: ClassVar[Mapping[str, str]] = READ_ONLY_PERMISSION
+    read_only_modes: ClassVar[tuple[str, ...]] = (AGENT, "plan")
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         prompt = prompt_for(request)
@@ -310,20 +319,22 @@ class OpencodeRunner(CliRunner):
         temp_files: list[str] = []
         overrides: dict[str, Any] = {}
         if system := request.system_prompt():
-            agent = agent or "build"  # the prompt belongs to an agent: opencode's default one
+            agent = agent or self.default_agent  # the prompt belongs to an agent: opencode's default one
             path = _write_temp(system)
             temp_files.append(path)
             overrides.setdefault("agent", {}).setdefault(agent, {})["prompt"] = "{file:" + path + "}"
         if not request.allow_tools:
             entry = overrides.setdefault("agent", {}).setdefault(str(agent), {})
-            entry["permission"] = dict(READ_ONLY_PERMISSION)
+            entry["permission"] = dict(self.read_only_permission)
             if agent == AGENT:
                 entry["mode"] = "primary"
         if agent:
             argv.append(f"--agent={agent}")
         if overrides:
             try:
-                env["OPENCODE_CONFIG_CONTENT"] = run_config({**os.environ, **self.env}, overrides)
+                env[self.config_variable] = run_config(
+                    {**os.environ, **self.env}, overrides, self.config_variable, self.config_file
+                )
             except UnsupportedFeature as exc:
                 for path in temp_files:
                     os.remove(path)
@@ -349,7 +360,7 @@ class OpencodeRunner(CliRunner):
         # prompt, llmrun's read-only agent) comes through the environment as for a one-shot
         # run, the agent is chosen as the session's mode and the model as its model option.
         invocation.argv = [invocation.argv[0], "acp"]
-        profile = AcpProfile(read_only_modes=(AGENT, "plan"), system_prompt_at_start=True)
+        profile = AcpProfile(read_only_modes=self.read_only_modes, system_prompt_at_start=True)
         return acp_connection(self, invocation, settings, resume, profile, set_model=True)
 
     def new_parser(self, request: ChatRequest) -> Parser:
@@ -419,9 +430,9 @@ class OpencodeRunner(CliRunner):
         found = [f"{n} {what}" for n, what in counts if n]
         if found:
             return True, f"{', '.join(found)} {unverified}"
-        inline = _inline_config({**os.environ, **self.env})
+        inline = _inline_config({**os.environ, **self.env}, self.config_variable)
         if isinstance(inline, dict) and inline.get("provider"):
-            return True, f"a provider in OPENCODE_CONFIG_CONTENT {unverified}"
+            return True, f"a provider in {self.config_variable} {unverified}"
         return None, "no stored credentials or provider keys; opencode falls back to its hosted models"
 
     def login_hint(self) -> str | None:
@@ -438,13 +449,18 @@ class OpencodeRunner(CliRunner):
 # --- configuration of a run ---------------------------------------------------------------
 
 
-def run_config(env: Mapping[str, str], overrides: dict[str, Any]) -> str:
-    """OPENCODE_CONFIG_CONTENT for a run: the user's own inline config with llmrun's settings over it."""
-    inline = _inline_config(env)
+def run_config(
+    env: Mapping[str, str],
+    overrides: dict[str, Any],
+    variable: str = "OPENCODE_CONFIG_CONTENT",
+    config_file: str = "opencode.json",
+) -> str:
+    """The inline config (`variable`) for a run: the user's own with llmrun's settings over it."""
+    inline = _inline_config(env, variable)
     if inline is None:
         raise UnsupportedFeature(
-            "OPENCODE_CONFIG_CONTENT is not a plain JSON object, so llmrun cannot add the run's settings to it",
-            hint="write it as plain JSON, or move it into opencode.json",
+            f"{variable} is not a plain JSON object, so llmrun cannot add the run's settings to it",
+            hint=f"write it as plain JSON, or move it into {config_file}",
         )
     merged = _merge(inline, overrides)
     for name, entry in overrides.get("agent", {}).items():
@@ -454,9 +470,9 @@ def run_config(env: Mapping[str, str], overrides: dict[str, Any]) -> str:
     return json.dumps(merged)
 
 
-def _inline_config(env: Mapping[str, str]) -> dict[str, Any] | None:
-    """The user's OPENCODE_CONFIG_CONTENT ({} when unset); None when it is not a JSON object."""
-    text = env.get("OPENCODE_CONFIG_CONTENT", "")
+def _inline_config(env: Mapping[str, str], variable: str = "OPENCODE_CONFIG_CONTENT") -> dict[str, Any] | None:
+    """The user's inline config ({} when unset); None when it is not a JSON object."""
+    text = env.get(variable, "")
     if not text.strip():
         return {}
     try:

@@ -64,6 +64,8 @@ _CONTEXT = re.compile(r"context (length|window)|too many tokens|prompt is too lo
 _MODEL = re.compile(r"model.*(not found|not exist|not supported|unknown)|unknown model", re.I)
 _AUTH = re.compile(r"api key|unauthori[sz]ed|authenticat|not logged in|log ?in", re.I)
 _RATE = re.compile(r"rate limit|quota|resource has been exhausted|too many requests", re.I)
+# A 5xx some agents (opencode, kilo) pass on as JSON-RPC's internal error, without its status.
+_UNAVAILABLE = re.compile(r"server had an error|overloaded|(cannot|unable to) connect", re.I)
 _SESSION = re.compile(r"session.*(not found|does not exist|no such)|no (such )?session", re.I)
 
 # JSON-RPC's "auth required" error of ACP agents, and its own internal error.
@@ -108,7 +110,7 @@ def error_for(code: int, message: str, data: Any = None) -> RunnerError:
         return ContextLengthExceeded(summary)
     if _MODEL.search(text) or status == 404:
         return ModelNotFound(summary)
-    if status is not None and status >= 500:
+    if (status is not None and status >= 500) or _UNAVAILABLE.search(text):
         return ServiceUnavailable(summary)
     return RunnerError(summary)
 
@@ -260,9 +262,7 @@ class AcpConnection(WarmConnection):
             if not (hello.agent_capabilities and hello.agent_capabilities.load_session):
                 raise SessionNotFound(f"{self.display_name} cannot load an earlier session over ACP")
             try:
-                opened = await self._call(
-                    self._conn.load_session(cwd=self.cwd, session_id=self.resume, mcp_servers=[])
-                )
+                opened = await self._call(self._conn.load_session(cwd=self.cwd, session_id=self.resume, mcp_servers=[]))
             except RunnerError as exc:
                 if exc.retryable or isinstance(exc, AuthenticationError):
                     raise
@@ -310,14 +310,15 @@ class AcpConnection(WarmConnection):
                     return
 
     async def _choose_model(self, opened: Any) -> None:
-        for option in getattr(opened, "config_options", None) or []:
-            root = getattr(option, "root", option)
-            if getattr(root, "category", None) == "model":
-                await self._call(
-                    self._conn.set_config_option(config_id=root.id, session_id=self.session_id, value=self.model),
-                    reply_matters=False,
-                )
-                return
+        options = [getattr(option, "root", option) for option in getattr(opened, "config_options", None) or []]
+        # The option named "model" first: some agents (cline) list a provider option of the
+        # same category before it.
+        models = sorted((o for o in options if getattr(o, "category", None) == "model"), key=lambda o: o.id != "model")
+        if models:
+            await self._call(
+                self._conn.set_config_option(config_id=models[0].id, session_id=self.session_id, value=self.model),
+                reply_matters=False,
+            )
 
     async def _call(self, request: Any, *, reply_matters: bool = True) -> Any:
         """One JSON-RPC request; its error becomes the typed error it means, and a reply
