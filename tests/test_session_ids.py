@@ -81,6 +81,7 @@ ID_ARGUMENTS = {
     "cline": lambda sid: [],  # no headless resume: the history is sent again (warm sessions load it over ACP)
     "vibe": lambda sid: [f"--resume={sid}"],
     "kilo": lambda sid: [f"--session={sid}"],
+    "droid": lambda sid: [f"--fork={sid}"],
     "gptme": lambda sid: [],  # the runner keeps gptme's conversations, as ollama's
 }
 ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name not in ("ollama", "gptme")]

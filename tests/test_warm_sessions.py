@@ -13,13 +13,12 @@ import llmrun
 from llmrun import get_runner
 from llmrun.transports.acp import error_for
 
-from .conftest import FAKE_TOOLS, FakeRun, FakeTool, still_alive
+from .conftest import FAKE_TOOLS, FIXTURES, FakeRun, FakeTool, still_alive
 from .test_session_contract import received
 
-ACP_TOOLS = [tool for tool in FAKE_TOOLS if tool.runner in ("gemini", "qwen", "copilot", "opencode")]
-WARM_TOOLS = [
-    tool for tool in FAKE_TOOLS if tool.runner in ("claude_code", "codex", "gemini", "qwen", "copilot", "opencode")
-]
+ACP_RUNNERS = ("gemini", "qwen", "copilot", "opencode", "cline", "kilo", "droid", "vibe")
+ACP_TOOLS = [tool for tool in FAKE_TOOLS if tool.runner in ACP_RUNNERS]
+WARM_TOOLS = [tool for tool in FAKE_TOOLS if tool.runner in ("claude_code", "codex", *ACP_RUNNERS)]
 
 
 @pytest.fixture(params=ACP_TOOLS, ids=lambda t: t.runner)
@@ -63,6 +62,10 @@ ONE_SHOT_FLAGS = {
     "qwen": ("--output-format", "--include-partial-messages"),
     "copilot": ("--output-format", "--usage-output-file"),
     "opencode": ("run", "--format"),
+    "kilo": ("run", "--format"),
+    "cline": ("--json", "--auto-approve", "--system", "--model"),
+    "droid": ("--only-tools", "--model", "--fork", "--append-system-prompt-file"),
+    "vibe": ("-p", "--output", "--output-dir"),
 }
 
 
@@ -74,15 +77,26 @@ async def test_the_warm_command_line_keeps_extra_args_and_drops_one_shot_flags(w
     argv = invocation["argv"]
     dropped = ONE_SHOT_FLAGS[warm_fake.tool.runner]
     assert not [arg for arg in argv if arg.split("=")[0] in dropped], argv
-    if warm_fake.tool.runner != "opencode":  # `opencode acp` takes none of `opencode run`'s flags
+    # `opencode acp` (and kilo's) takes none of `opencode run`'s flags, `vibe-acp` none of vibe's.
+    if warm_fake.tool.runner not in ("opencode", "kilo", "vibe"):
         assert "--user-flag=1" in argv
 
 
 # --- lockdown -------------------------------------------------------------------------------
 
 
+def asks_permission(fake: FakeRun) -> FakeRun:
+    """The fake, for a tool captured asking for a permission (kilo's read-only agent denies
+    without asking)."""
+    captures = (FIXTURES / fake.tool.tool).glob("acp-*.jsonl")
+    if not any("session/request_permission" in path.read_text() for path in captures):
+        pytest.skip(f"{fake.tool.runner} was never captured asking for a permission")
+    fake.fault("tool_call")
+    return fake
+
+
 async def test_tool_permission_is_refused_by_default(acp_fake: FakeRun) -> None:
-    acp_fake.fault("tool_call")
+    asks_permission(acp_fake)
     async with acp_fake.runner().session() as session:
         response = await session.complete("Create the marker file")
     (asked,) = permissions(acp_fake)
@@ -92,7 +106,7 @@ async def test_tool_permission_is_refused_by_default(acp_fake: FakeRun) -> None:
 
 
 async def test_tool_permission_is_granted_only_with_allow_tools(acp_fake: FakeRun) -> None:
-    acp_fake.fault("tool_call")
+    asks_permission(acp_fake)
     async with acp_fake.runner().session(allow_tools=True) as session:
         response = await session.complete("Create the marker file")
     (asked,) = permissions(acp_fake)
@@ -138,6 +152,9 @@ ERRORS = {
     ("copilot", "acp-error-401"): "AuthenticationError",
     ("copilot", "acp-error-500"): "ServiceUnavailable",
     ("opencode", "acp-error-401"): "AuthenticationError",
+    ("kilo", "acp-error-401"): "AuthenticationError",
+    ("kilo", "acp-error-500"): "ServiceUnavailable",
+    ("droid", "acp-error-401"): "AuthenticationError",
     ("claude_code", "stream-input-error-401"): "AuthenticationError",
     ("codex", "app-server-error-401"): "AuthenticationError",
 }
@@ -170,6 +187,8 @@ def test_acp_error_codes_and_texts_map_to_types() -> None:
     # An API error carried as a JSON string: its own message is what the user reads.
     embedded = error_for(401, '{"error":{"code":401,"message":"API key not valid.","status":"UNAUTHENTICATED"}}')
     assert str(embedded) == "API key not valid."
+    droid = error_for(-32603, "Internal error: Agent error", "401 Incorrect API key provided")
+    assert isinstance(droid, llmrun.AuthenticationError) and str(droid) == "401 Incorrect API key provided"
 
 
 async def test_an_answer_outside_the_protocol_is_a_typed_error(acp_fake: FakeRun) -> None:
@@ -204,11 +223,11 @@ async def test_an_agent_that_cannot_load_sessions_is_session_not_found(acp_fake:
 
 async def test_a_loaded_session_does_not_take_the_replayed_history_for_the_answer(acp_fake: FakeRun) -> None:
     async with acp_fake.runner().session() as session:
-        await session.complete("My name is Ann")
+        first = await session.complete("My name is Ann")
         session_id = session.id
     async with acp_fake.runner().session(resume=session_id) as session:
         response = await session.complete("What is my name?")
-    assert response.content == acp_fake.tool.ok_text
+    assert response.content == first.content  # the fake's first turn again, and no history in it
 
 
 # --- output to skip --------------------------------------------------------------------------

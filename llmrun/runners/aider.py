@@ -295,6 +295,10 @@ class AiderRunner(HistoryKeepingRunner):
     install_hint = "pipx install aider-chat"  # needs Python < 3.13
     min_version = "0.86"
     env_remove = ENV_REMOVE
+    cannot_lock_down = (
+        ".aider.conf.yml and .env in the home or working directory are still read, "
+        "with their load:, lint-cmd: and test-cmd: entries"
+    )
     capabilities = Capabilities(
         streaming=True,
         token_streaming=True,

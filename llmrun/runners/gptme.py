@@ -166,6 +166,9 @@ class GptmeRunner(HistoryKeepingRunner):
     install_hint = "pip install gptme"
     # The answer is printed whole when it is done: silence until then is normal.
     default_stall_timeout = 900.0
+    cannot_lock_down = (
+        "gptme still reads .env in the working directory, loads its plugins and may start the MCP servers of its config"
+    )
     capabilities = Capabilities(
         streaming=True,
         token_streaming=False,

@@ -125,6 +125,8 @@ def _summary(message: str, data: Any) -> str:
                     return str(inner["message"])
     if isinstance(data, dict) and isinstance(data.get("details"), str) and message in ("Internal error", ""):
         return str(data["details"])
+    if isinstance(data, str) and data.strip() and message.startswith("Internal error"):
+        return data.strip()  # droid: "Internal error: Agent error", the API's words in data
     return message
 
 
