@@ -47,7 +47,8 @@ async def test_last_chunk_carries_finish_reason_and_usage(fake: FakeRun) -> None
     chunks = await collect(fake.runner(), request())
     *body, last = chunks
     assert last.finish_reason == "stop"
-    assert last.usage is not None and last.usage.output_tokens > 0 and last.usage.input_tokens > 0
+    if fake.runner().capabilities.usage:  # some tools count no tokens (kiro-cli reports credits)
+        assert last.usage is not None and last.usage.output_tokens > 0 and last.usage.input_tokens > 0
     assert last.session_id
     assert all(c.finish_reason is None and c.usage is None for c in body)
 

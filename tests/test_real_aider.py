@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -70,13 +69,6 @@ def api():
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockOpenAIChat) -> dict[str, str]:
     return become(monkeypatch, tmp_path, aider_env(tmp_path, api.base_url))
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
 
 
 def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:

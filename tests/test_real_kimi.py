@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +94,6 @@ def runner(env: dict[str, str]) -> KimiRunner:
     made = llmrun.get_runner("kimi")
     assert isinstance(made, KimiRunner)
     return made
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
 
 
 def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +98,6 @@ def runner(env: dict[str, str]) -> VibeRunner:
     made = llmrun.get_runner("vibe")
     assert isinstance(made, VibeRunner)
     return made
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    path = tmp_path / f"work-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return os.path.realpath(path)
 
 
 def request(prompt: str, workdir: str, **fields: Any) -> ChatRequest:

@@ -27,6 +27,7 @@ from llmrun.cli.app import app
 from llmrun.errors import InvalidRequest, LlmrunError
 from llmrun.registry import BUILTIN, get_runner, get_runner_class
 from llmrun.runners.base import CliRunner as CliToolRunner
+from llmrun.runners.base import HistoryKeepingRunner
 from llmrun.sessions import SessionSettings
 from llmrun.types import SESSION_ID_MAX_LENGTH, check_session_id
 
@@ -82,9 +83,14 @@ ID_ARGUMENTS = {
     "vibe": lambda sid: [f"--resume={sid}"],
     "kilo": lambda sid: [f"--session={sid}"],
     "droid": lambda sid: [f"--fork={sid}"],
+    "goose": lambda sid: ["--resume", f"--name={sid}"],
+    "kiro": lambda sid: [f"--resume-id={sid}"],
     "gptme": lambda sid: [],  # the runner keeps gptme's conversations, as ollama's
+    "aider": lambda sid: [],  # and aider's
 }
-ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name not in ("ollama", "gptme")]
+# The runners that keep conversations themselves pass no id to their tool.
+KEEPING = [name for name in ID_ARGUMENTS if issubclass(get_runner_class(name), HistoryKeepingRunner)]
+ARGV_RUNNERS = [name for name in ID_ARGUMENTS if name not in KEEPING]
 
 RUN_LIMIT = 30.0
 cli = CliRunner()
@@ -135,7 +141,7 @@ def test_every_builtin_runner_is_covered() -> None:
 @pytest.mark.parametrize("name", list(ID_ARGUMENTS))
 def test_a_valid_id_reaches_the_tool_only_in_a_form_that_is_no_option(name: str, session_id: str) -> None:
     runner = fake_runner(name)
-    if name in ("ollama", "gptme"):
+    if name in KEEPING:
         runner._remember(session_id, [Message.user("first"), Message.assistant("answer")])  # type: ignore[attr-defined]
     argv = runner.prepared_invocation(resumed_request(session_id)).argv
 

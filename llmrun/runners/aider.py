@@ -64,7 +64,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, with_system_prompt
 from ..types import Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
-from .base import HistoryKeepingRunner, Parser
+from .base import HistoryKeepingRunner, Parser, partial_marker_at_end
 
 BANNER = "Aider v"
 THINKING_OPEN = "\n--------------\n► **THINKING**\n\n"
@@ -154,14 +154,6 @@ def classify(name: str, message: str) -> RunnerError:
     return RunnerError(text)
 
 
-def _marker_start(text: str, marker: str) -> int:
-    """The length of the longest end of `text` that begins `marker`."""
-    for size in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
-
-
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -225,7 +217,7 @@ class AiderParser(Parser):
                 thought, self._pending = self._pending[:end], self._pending[end + len(THINKING_CLOSE) :]
                 self._state = "answer"
             else:
-                keep = _marker_start(self._pending, THINKING_CLOSE)
+                keep = partial_marker_at_end(self._pending, THINKING_CLOSE)
                 thought = self._pending[: len(self._pending) - keep]
                 self._pending = self._pending[len(thought) :]
             if thought:

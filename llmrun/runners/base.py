@@ -132,6 +132,15 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def partial_marker_at_end(text: str, marker: str) -> int:
+    """How many characters at the end of `text` may begin `marker` (hold them back until the
+    next piece of output tells)."""
+    for size in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-size:]):
+            return size
+    return 0
+
+
 def parse_count(digits: str) -> int | None:
     """A count a tool printed as text (thousands separated by commas or not); None when the
     text holds no digits, or more than Python converts to a number."""

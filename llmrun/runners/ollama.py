@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..prompting import flatten_conversation, with_system_prompt
 from ..types import Capabilities, ChatChunk, ChatRequest, HealthReport, Usage
-from .base import HistoryKeepingRunner, Parser, _last_line, parse_count
+from .base import HistoryKeepingRunner, Parser, _last_line, parse_count, partial_marker_at_end
 
 THINKING_OPEN = "Thinking...\n"
 # ollama adds the leading newline itself when the thinking does not end with one.
@@ -179,7 +179,7 @@ class OllamaParser(Parser):
                 thought, self._pending = self._pending[:end], self._pending[end + len(THINKING_CLOSE) :]
                 self._state = "answer"
             else:
-                keep = _marker_start(self._pending, THINKING_CLOSE)
+                keep = partial_marker_at_end(self._pending, THINKING_CLOSE)
                 thought, self._pending = (
                     self._pending[: len(self._pending) - keep],
                     self._pending[-keep:] if keep else "",
@@ -211,14 +211,6 @@ class OllamaParser(Parser):
             chunks.append(ChatChunk(delta=text))
         chunks.append(ChatChunk(finish_reason="stop", usage=usage_from(self.stderr), model=self.model))
         return chunks
-
-
-def _marker_start(text: str, marker: str) -> int:
-    """The length of the longest end of `text` that begins `marker`."""
-    for size in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
 
 
 # --- the runner ------------------------------------------------------------------------------
