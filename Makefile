@@ -4,7 +4,7 @@ PYTHON ?= python3
 
 # llmrun itself with its test tools, plus the Claude Code CLI when npm is there and claude is not.
 install:
-	$(PYTHON) -m pip install -e '.[dev,server]'
+	$(PYTHON) -m pip install -e '.[dev,server,continue]'
 	@command -v claude >/dev/null || { command -v npm >/dev/null && npm install -g --no-audit --no-fund @anthropic-ai/claude-code; } || true
 
 # The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
@@ -15,7 +15,7 @@ install-clis:
 	bash scripts/install-python-tools
 
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -rs
 
 lint:
 	$(PYTHON) -m ruff check llmrun tests fixtures bench

@@ -191,7 +191,7 @@ async def test_a_hung_run_is_stopped_with_its_app_server(runner: VibeRunner, api
     api.scenario = "hang"
 
     with pytest.raises(llmrun.RunnerTimeout):
-        await runner.complete(request("Say hi", workdir, timeout=45.0))
+        await runner.complete(request("Say hi", workdir, timeout=90.0))  # far above its start-up
 
     assert api.chat_requests, "vibe never reached the mock"
     await assert_no_processes_in(workdir, within=15.0)

@@ -21,7 +21,7 @@ default model) is picked by its `name` (or `model`) among that config's chat mod
 writes a private copy of the config holding that chat model only and passes it as
 `--config`, so cn's own remembered model choice is neither used nor changed. Relative paths
 inside the config resolve against the private copy's directory then, so use absolute ones.
-Reading the config needs PyYAML.
+Reading the config needs PyYAML (`pip install 'llmrun[continue]'`).
 
 Locked down by default: `--exclude=*` takes every tool away from the model (built-in and
 MCP alike), since cn runs its tools without asking in `-p` mode, even with `--readonly`
@@ -292,7 +292,7 @@ class ContinueRunner(CliRunner):
             raise UnsupportedFeature(
                 "choosing cn's model by name needs PyYAML to read its config",
                 runner=self.name,
-                hint="pip install pyyaml, or choose the model in the config you pass as options['config']",
+                hint="pip install 'llmrun[continue]', or choose the model in the config you pass as options['config']",
             ) from None
         try:
             loaded = yaml.safe_load(path.read_text("utf-8"))
