@@ -4,10 +4,10 @@
     unshare -n sh -c 'ip link set lo up && python3 bench/warm.py'
     unshare -n sh -c 'ip link set lo up && python3 bench/warm.py --runs 3 --turns 5 --runner claude_code'
 
-Each installed tool among claude_code, gemini, qwen, copilot and opencode runs against its
-loopback mock API (tests/mockapi.py, tests/mock_gemini.py, tests/mock_openai_chat.py; the
-mock answers at once), in a throwaway HOME of its own with fake keys, and is timed four ways
-in the same run:
+Each installed tool of tests/warmtools.py (claude_code, codex, gemini, qwen, copilot, opencode,
+cline, kilo, droid, vibe) runs against its loopback mock API (tests/mockapi.py,
+tests/mock_gemini.py, tests/mock_openai_chat.py; the mock answers at once), in a throwaway
+HOME of its own with fake keys, and is timed four ways in the same run:
 
 a. cold turn: `runner.complete()`, which starts the tool for the one answer (median of --runs);
 b. warm turns 2..--turns of one session: the tool process is already up (median and p90);

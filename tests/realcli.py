@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import shutil
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -358,3 +360,115 @@ async def assert_no_processes_in(directory: str, within: float = 5.0) -> None:
     while (left := processes_in(directory)) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not left, f"processes of the run survived: {left}"
+
+
+def cline_env(tmp_path: Path, base_url: str) -> dict[str, str]:
+    """A throwaway HOME whose saved cline provider is the mock OpenAI API at `base_url`."""
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    env["CLINE_NO_AUTO_UPDATE"] = "1"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    auth = ["cline", "auth", "-p", "openai-compatible", "-k", "sk-test", "-b", base_url, "-m", "mock-model"]
+    done = subprocess.run(auth, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+def kilo_env(tmp_path: Path, base_url: str) -> dict[str, str]:
+    """Child environment for the real `kilo`: a throwaway HOME, the mock as the only provider
+    (in KILO_CONFIG_CONTENT, no file written), telemetry, updates, sharing, session upload,
+    the models.dev download and the Claude Code compatibility layer off."""
+    home = tmp_path / "home"
+    dirs = {
+        "HOME": home,
+        "XDG_CONFIG_HOME": home / ".config",
+        "XDG_DATA_HOME": home / ".local" / "share",
+        "XDG_CACHE_HOME": home / ".cache",
+        "XDG_STATE_HOME": home / ".local" / "state",
+    }
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update({k: str(v) for k, v in dirs.items()})
+    provider = {
+        "npm": "@ai-sdk/openai-compatible",
+        "name": "Mock",
+        "options": {"baseURL": base_url, "apiKey": "sk-test"},
+        "models": {"mock-model": {"name": "Mock Model"}, "mock-model-large": {"name": "Mock Model Large"}},
+    }
+    config = {"provider": {"mock": provider}, "model": "mock/mock-model", "small_model": "mock/mock-model"}
+    env["KILO_CONFIG_CONTENT"] = json.dumps(config)
+    env.update(
+        KILO_TELEMETRY_LEVEL="off",
+        KILO_DISABLE_AUTOUPDATE="1",
+        KILO_DISABLE_SHARE="1",
+        KILO_DISABLE_SESSION_INGEST="1",
+        KILO_DISABLE_MODELS_FETCH="1",
+        KILO_DISABLE_CLAUDE_CODE="1",
+    )
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def droid_env(tmp_path: Path, base_url: str) -> dict[str, str]:
+    """A throwaway HOME with the mock as droid's one custom model, and nothing else inherited."""
+    home = tmp_path / "home"
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    settings = {
+        "customModels": [
+            {
+                "model": "mock-model",
+                "displayName": "Mock",
+                "baseUrl": base_url,
+                "apiKey": "sk-test",
+                "provider": "generic-chat-completion-api",
+                "maxOutputTokens": 4096,
+            }
+        ]
+    }
+    (home / ".factory").mkdir(parents=True)
+    (home / ".factory" / "settings.json").write_text(json.dumps(settings))
+    return env
+
+
+def vibe_env(tmp_path: Path, base_url: str) -> dict[str, str]:
+    """Child environment for the real `vibe`: a throwaway HOME whose config names the mock."""
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(_isolated_home(tmp_path))
+    vibe_dir = Path(env["HOME"]) / ".vibe"
+    vibe_dir.mkdir()
+    (vibe_dir / "config.toml").write_text(
+        'active_model = "mock"\n'
+        "enable_telemetry = false\n"
+        "enable_update_checks = false\n"
+        "enable_notifications = false\n\n"
+        "[[providers]]\n"
+        'name = "mock"\n'
+        f'api_base = "{base_url}"\n'
+        'api_key_env_var = "MOCK_API_KEY"\n'
+        'backend = "generic"\n\n'
+        "[[models]]\n"
+        'name = "mock-model"\n'
+        'provider = "mock"\n'
+        'alias = "mock"\n\n'
+        "[[models]]\n"
+        'name = "mock-model-large"\n'
+        'provider = "mock"\n'
+        'alias = "large"\n'
+    )
+    env["MOCK_API_KEY"] = "sk-test"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env

@@ -30,7 +30,7 @@ from llmrun.runners.cline import ACTING_TOOLS, ClineRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, SLOW_WORDS, MockOpenAIChat
-from realcli import _INHERITED, _isolated_home, assert_no_processes_in, become, loopback_only
+from realcli import assert_no_processes_in, become, cline_env, loopback_only
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(400)]
 
@@ -48,19 +48,6 @@ def cline_binary() -> str:
     if not loopback_only():
         pytest.skip("run inside a loopback-only network namespace (unshare -n)")
     return found
-
-
-def cline_env(tmp_path: Path, base_url: str) -> dict[str, str]:
-    """A throwaway HOME whose saved cline provider is the mock OpenAI API at `base_url`."""
-    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update(_isolated_home(tmp_path))
-    env["CLINE_NO_AUTO_UPDATE"] = "1"
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    auth = ["cline", "auth", "-p", "openai-compatible", "-k", "sk-test", "-b", base_url, "-m", "mock-model"]
-    done = subprocess.run(auth, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    return env
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ They are skipped when `droid` is not installed, and outside such a namespace.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from llmrun.runners.droid import DroidRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, MockOpenAIChat
-from realcli import assert_no_processes_in, become, loopback_only, require_binary
+from realcli import assert_no_processes_in, become, droid_env, loopback_only, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(240)]
 
@@ -44,7 +43,6 @@ LOW_RISK_TOUCH = {
     "riskLevelReason": "Creates one empty file in the workspace.",
     "riskLevel": "low",
 }
-_INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,37 +51,6 @@ def droid_binary() -> str:
     if not loopback_only():
         pytest.skip("run inside a loopback-only network namespace: unshare -n sh -c 'ip link set lo up && …'")
     return path
-
-
-def droid_env(tmp_path: Path, base_url: str) -> dict[str, str]:
-    """A throwaway HOME with the mock as droid's one custom model, and nothing else inherited."""
-    home = tmp_path / "home"
-    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
-    settings = {
-        "customModels": [
-            {
-                "model": "mock-model",
-                "displayName": "Mock",
-                "baseUrl": base_url,
-                "apiKey": "sk-test",
-                "provider": "generic-chat-completion-api",
-                "maxOutputTokens": 4096,
-            }
-        ]
-    }
-    (home / ".factory").mkdir(parents=True)
-    (home / ".factory" / "settings.json").write_text(json.dumps(settings))
-    return env
 
 
 @pytest.fixture

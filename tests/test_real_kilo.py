@@ -14,7 +14,6 @@ slowly (10-45 s on a busy machine), so each run gets minutes, and no test measur
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from llmrun.runners.kilo import KiloRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, MockOpenAIChat
-from realcli import assert_no_processes_in, become, loopback_only
+from realcli import assert_no_processes_in, become, kilo_env, loopback_only
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(600)]
 
@@ -39,45 +38,7 @@ INSTALL = "npm install -g @kilocode/cli@7.7.7"  # 7.8.1's Linux package is missi
 RUN_LIMIT = 240.0  # far above kilo's start-up on a loaded machine; a hang still fails
 MARKER = "mock-tool-ran"
 SHELL_CALL = {"command": f"echo {MARKER} > marker.txt; echo {MARKER}", "description": "Leave a marker"}
-INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")  # nothing else of the caller's
 WRITE_TOOLS = {"bash", "edit", "write", "task", "webfetch", "background_process", "schedule_wakeup"}
-
-
-def kilo_env(tmp_path: Path, base_url: str) -> dict[str, str]:
-    """Child environment for the real `kilo`: a throwaway HOME, the mock as the only provider
-    (in KILO_CONFIG_CONTENT, no file written), telemetry, updates, sharing, session upload,
-    the models.dev download and the Claude Code compatibility layer off."""
-    home = tmp_path / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CONFIG_HOME": home / ".config",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_STATE_HOME": home / ".local" / "state",
-    }
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    env = {k: os.environ[k] for k in INHERITED if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update({k: str(v) for k, v in dirs.items()})
-    provider = {
-        "npm": "@ai-sdk/openai-compatible",
-        "name": "Mock",
-        "options": {"baseURL": base_url, "apiKey": "sk-test"},
-        "models": {"mock-model": {"name": "Mock Model"}, "mock-model-large": {"name": "Mock Model Large"}},
-    }
-    config = {"provider": {"mock": provider}, "model": "mock/mock-model", "small_model": "mock/mock-model"}
-    env["KILO_CONFIG_CONTENT"] = json.dumps(config)
-    env.update(
-        KILO_TELEMETRY_LEVEL="off",
-        KILO_DISABLE_AUTOUPDATE="1",
-        KILO_DISABLE_SHARE="1",
-        KILO_DISABLE_SESSION_INGEST="1",
-        KILO_DISABLE_MODELS_FETCH="1",
-        KILO_DISABLE_CLAUDE_CODE="1",
-    )
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
 
 
 @pytest.fixture(scope="module", autouse=True)

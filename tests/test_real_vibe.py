@@ -14,7 +14,6 @@ They are skipped when `vibe` is not installed, and outside such a namespace.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from llmrun.runners.vibe import VibeRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, MockOpenAIChat
-from realcli import _INHERITED, _isolated_home, assert_no_processes_in, become, loopback_only
+from realcli import assert_no_processes_in, become, loopback_only, vibe_env
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(300)]
 
@@ -49,37 +48,6 @@ def vibe_binary() -> str:
     if not loopback_only():
         pytest.skip("run inside a loopback-only network namespace (unshare -n)")
     return path
-
-
-def vibe_env(tmp_path: Path, base_url: str) -> dict[str, str]:
-    """Child environment for the real `vibe`: a throwaway HOME whose config names the mock."""
-    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update(_isolated_home(tmp_path))
-    vibe_dir = Path(env["HOME"]) / ".vibe"
-    vibe_dir.mkdir()
-    (vibe_dir / "config.toml").write_text(
-        'active_model = "mock"\n'
-        "enable_telemetry = false\n"
-        "enable_update_checks = false\n"
-        "enable_notifications = false\n\n"
-        "[[providers]]\n"
-        'name = "mock"\n'
-        f'api_base = "{base_url}"\n'
-        'api_key_env_var = "MOCK_API_KEY"\n'
-        'backend = "generic"\n\n'
-        "[[models]]\n"
-        'name = "mock-model"\n'
-        'provider = "mock"\n'
-        'alias = "mock"\n\n'
-        "[[models]]\n"
-        'name = "mock-model-large"\n'
-        'provider = "mock"\n'
-        'alias = "large"\n'
-    )
-    env["MOCK_API_KEY"] = "sk-test"
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
 
 
 @pytest.fixture

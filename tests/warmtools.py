@@ -14,7 +14,18 @@ from mock_openai_chat import MockOpenAIChat
 from mock_responses import MockResponses, codex_provider_args
 from mockapi import MockAnthropic
 from mockserver import LoopbackMock
-from realcli import claude_env, codex_env, copilot_env, gemini_env, opencode_env, qwen_env
+from realcli import (
+    claude_env,
+    cline_env,
+    codex_env,
+    copilot_env,
+    droid_env,
+    gemini_env,
+    kilo_env,
+    opencode_env,
+    qwen_env,
+    vibe_env,
+)
 
 __all__ = ["WARM_TOOLS", "WarmTool"]
 
@@ -63,4 +74,14 @@ WARM_TOOLS = [
         lambda home, api: copilot_env(home, api.base_url, cache_dir=home / "cache"),
     ),
     WarmTool("opencode", "opencode", MockOpenAIChat, lambda home, api: opencode_env(home, api.base_url)),
+    WarmTool("cline", "cline", MockOpenAIChat, lambda home, api: cline_env(home, api.base_url)),
+    WarmTool("kilo", "kilo", MockOpenAIChat, lambda home, api: kilo_env(home, api.base_url)),
+    WarmTool(
+        "droid",
+        "droid",
+        MockOpenAIChat,
+        lambda home, api: droid_env(home, api.base_url),
+        lambda api: {"default_model": "custom:mock-model"},
+    ),
+    WarmTool("vibe", "vibe", MockOpenAIChat, lambda home, api: vibe_env(home, api.base_url)),
 ]
