@@ -141,6 +141,15 @@ async def test_opencode_runs_in_its_read_only_mode_unless_tools_are_allowed(
     assert changes == []
 
 
+async def test_a_model_is_set_through_the_option_named_model(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # cline lists a "provider" option of the category "model" before its "model" option.
+    fake = _fake(next(t for t in ACP_TOOLS if t.runner == "cline"), monkeypatch, tmp_path)
+    async with fake.runner().session(model="mock-model-large") as session:
+        await session.complete("Say hi")
+        changes = requests_of(fake, "session/set_config_option")
+    assert [(c["params"]["configId"], c["params"]["value"]) for c in changes] == [("model", "mock-model-large")]
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 ERRORS = {
