@@ -78,6 +78,30 @@ class Parser:
         return []
 
 
+class WholeMessageParser(Parser):
+    """A parser for a tool that prints each message whole, not in deltas: a later message
+    (after a tool ran, say) is a new paragraph of the answer, or of the thinking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sent_text = False
+        self._sent_thinking = False
+
+    def _text(self, text: Any) -> list[ChatChunk]:
+        if not isinstance(text, str) or not text:
+            return []
+        prefix = "\n\n" if self._sent_text else ""
+        self._sent_text = True
+        return [ChatChunk(delta=prefix + text)]
+
+    def _thinking(self, text: Any) -> list[ChatChunk]:
+        if not isinstance(text, str) or not text:
+            return []
+        prefix = "\n\n" if self._sent_thinking else ""
+        self._sent_thinking = True
+        return [ChatChunk(thinking=prefix + text)]
+
+
 def json_object(line: str) -> dict[str, Any] | None:
     """The JSON object on one line of a tool's output; None for anything else (debug noise,
     truncated lines, arrays), which parsers skip."""

@@ -64,7 +64,7 @@ from ..errors import (
 from ..process import strip_ansi
 from ..prompting import prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
-from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_number, json_object
+from .base import CliRunner, Parser, WholeMessageParser, _last_line, as_count, as_dict, as_number, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -152,15 +152,13 @@ def last_stream_error(stderr: str) -> tuple[str, str, str] | None:
 # --- the event stream --------------------------------------------------------------------
 
 
-class OpencodeParser(Parser):
+class OpencodeParser(WholeMessageParser):
     """Parses one run of `opencode run --format json` (step_start, text, reasoning, tool_use, step_finish, error)."""
 
     def __init__(self, *, model: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.session_id: str | None = None
-        self._sent_text = False
-        self._sent_thinking = False
         self._tokens: dict[str, int] = {}
         self._cost: float | None = None
 
@@ -185,21 +183,6 @@ class OpencodeParser(Parser):
         return []  # step_start and event types of later opencode versions
 
     # --- events --------------------------------------------------------------------------
-
-    def _text(self, text: Any) -> list[ChatChunk]:
-        if not isinstance(text, str) or not text:
-            return []
-        # Each text part is a whole message; a later one (after a tool ran) is a new paragraph.
-        prefix = "\n\n" if self._sent_text else ""
-        self._sent_text = True
-        return [ChatChunk(delta=prefix + text)]
-
-    def _thinking(self, text: Any) -> list[ChatChunk]:
-        if not isinstance(text, str) or not text:
-            return []
-        prefix = "\n\n" if self._sent_thinking else ""
-        self._sent_thinking = True
-        return [ChatChunk(thinking=prefix + text)]
 
     def _tool(self, part: dict[str, Any]) -> list[ChatChunk]:
         state = as_dict(part.get("state"))

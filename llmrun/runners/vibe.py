@@ -80,7 +80,7 @@ from ..errors import (
 )
 from ..prompting import prompt_for, with_system_prompt
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, as_count, as_dict, as_list, as_number, as_text, json_object
+from .base import CliRunner, Parser, WholeMessageParser, as_count, as_dict, as_list, as_number, as_text, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -141,14 +141,21 @@ def said(stderr: str, prefix: str) -> str | None:
     return None
 
 
-class VibeParser(Parser):
+def _joined_text(content: Any) -> str:
+    """The text blocks of a message's content, as one string."""
+    return "".join(
+        block["text"]
+        for block in as_list(content)
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
+
+
+class VibeParser(WholeMessageParser):
     """Parses `vibe -p --output=streaming`: whole session entries, one per line."""
 
     def __init__(self) -> None:
         super().__init__()
         self.session_id: str | None = None
-        self._sent_text = False
-        self._sent_thinking = False
 
     def feed(self, line: str) -> list[ChatChunk]:
         entry = json_object(line)
@@ -157,7 +164,7 @@ class VibeParser(Parser):
         self.session_id = self.session_id or as_text(entry.get("sessionId"))
         kind = entry.get("type")
         if kind == "message" and entry.get("role") == "assistant":
-            return self._text(entry.get("content"))
+            return self._text(_joined_text(entry.get("content")))
         if kind == "reasoning":
             return self._thinking(entry.get("text"))
         if kind == "effect":
@@ -167,26 +174,6 @@ class VibeParser(Parser):
     def close(self) -> list[ChatChunk]:
         # Usage, cost and whether the run finished come from vibe's export (see the runner).
         return [ChatChunk(finish_reason="stop", session_id=self.session_id)]
-
-    def _text(self, content: Any) -> list[ChatChunk]:
-        text = "".join(
-            block["text"]
-            for block in as_list(content)
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
-        )
-        if not text:
-            return []
-        # Each message is whole; a later one (after a tool ran) is a new paragraph.
-        prefix = "\n\n" if self._sent_text else ""
-        self._sent_text = True
-        return [ChatChunk(delta=prefix + text)]
-
-    def _thinking(self, text: Any) -> list[ChatChunk]:
-        if not isinstance(text, str) or not text:
-            return []
-        prefix = "\n\n" if self._sent_thinking else ""
-        self._sent_thinking = True
-        return [ChatChunk(thinking=prefix + text)]
 
     def _effect(self, entry: dict[str, Any]) -> list[ChatChunk]:
         detail = as_dict(entry.get("detail"))
