@@ -11,6 +11,8 @@ from __future__ import annotations
 class LlmrunError(Exception):
     exit_code = 1
     http_status = 500
+    retryable = False
+    """Whether the same request may succeed if tried again later (rate limits, overload, outages)."""
 
     def __init__(self, message: str = "", *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -35,8 +37,6 @@ class RunnerNotFound(LlmrunError):
 
 class RunnerError(LlmrunError):
     """A runner failed; carries the tool's exit code and stderr tail when there was a process."""
-
-    retryable = False
 
     def __init__(
         self,

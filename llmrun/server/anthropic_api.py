@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
 from . import attachments
-from .common import check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
+from .common import SSE, check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -39,10 +39,20 @@ STOP_REASONS = {
 }
 
 
-def error_body(exc: LlmrunError) -> dict[str, Any]:
+def error_body(exc: LlmrunError, request_id: str) -> dict[str, Any]:
     status = exc.http_status
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": public_message(exc)}}
+    return {"type": "error", "error": {"type": kind, "message": public_message(exc)}, "request_id": request_id}
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:24]}"
+
+
+def error_response_parts(exc: LlmrunError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of an error, with the `request_id` the Anthropic SDK reports."""
+    request_id = new_request_id()
+    return exc.http_status, error_body(exc, request_id), {**error_headers(exc), "request-id": request_id}
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -236,6 +246,8 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class Output:
     """Everything one request sends back, in Anthropic's shapes."""
 
+    media_type = SSE
+
     def __init__(self, model: str) -> None:
         self.model = model
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
@@ -246,7 +258,7 @@ class Output:
         self._tool_used = False
 
     def error(self, exc: LlmrunError) -> tuple[int, dict[str, Any], dict[str, str]]:
-        return exc.http_status, error_body(exc), error_headers(exc)
+        return error_response_parts(exc)
 
     def body(self, response: ChatResponse) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -339,4 +351,7 @@ class Output:
         return out + _event("message_stop", {"type": "message_stop"})
 
     def error_event(self, exc: LlmrunError) -> bytes:
-        return _event("error", error_body(exc))
+        return _event("error", error_body(exc, new_request_id()))
+
+    def keepalive(self) -> bytes:
+        return _event("ping", {"type": "ping"})

@@ -25,12 +25,12 @@ from . import anthropic_api, conversations, openai_api
 from .attachments import fetch_images
 from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
-from .response import Inflight, RunResponse, error_json
+from .response import Inflight, Output, Pace, RunResponse, error_json
 from .runners import RunnerPool
 from .security import Guard, error_parts
 from .sessions import SessionStore
 from .settings import ServerSettings
-from .turns import Engine
+from .turns import Engine, Turn
 from .warm import GroupRecord, WarmPool
 
 log = logging.getLogger("llmrun.server")
@@ -93,6 +93,15 @@ class ServerState:
         self.inflight = Inflight()
         self._ready: tuple[float, list[HealthReport]] | None = None
         self._ready_lock = asyncio.Lock()
+
+    def answer(self, output: Output, turn: Turn, *, headers: dict[str, str] | None = None) -> RunResponse:
+        """The response that runs `turn` and renders it with `output`: a stream or one body."""
+        headers = {"x-llmrun-runner": turn.runner.name, **(headers or {})}
+        if turn.stream:
+            pace = Pace(self.settings.first_chunk_grace, self.settings.keepalive_interval)
+            stream = lambda: self.engine.stream(turn)  # noqa: E731
+            return RunResponse(output, self.inflight, stream=stream, headers=headers, pace=pace)
+        return RunResponse(output, self.inflight, complete=lambda: self.engine.complete(turn), headers=headers)
 
     async def health_reports(self) -> list[HealthReport]:
         """Every runner's HealthReport, checked at most once per `ready_cache_seconds`."""
@@ -202,11 +211,7 @@ def create_app(
         parsed.request = await fetch_images(parsed.request, max_total_bytes=settings.max_body_bytes)
         conversation = _conversation(request)
         turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
-        output = openai_api.Output(parsed.model, include_usage=parsed.include_usage)
-        headers = {"x-llmrun-runner": turn.runner.name}
-        if parsed.stream:
-            return RunResponse(output, state.inflight, stream=lambda: state.engine.stream(turn), headers=headers)
-        return RunResponse(output, state.inflight, complete=lambda: state.engine.complete(turn), headers=headers)
+        return state.answer(openai_api.Output(parsed.model, include_usage=parsed.include_usage), turn)
 
     @app.post("/v1/messages", openapi_extra=_body_doc(_MESSAGES_SCHEMA), tags=["Anthropic"])
     async def messages(request: Request) -> Response:
@@ -215,11 +220,7 @@ def create_app(
         parsed.request = await fetch_images(parsed.request, max_total_bytes=settings.max_body_bytes)
         conversation = _conversation(request)
         turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
-        output = anthropic_api.Output(parsed.model)
-        headers = {"x-llmrun-runner": turn.runner.name}
-        if parsed.stream:
-            return RunResponse(output, state.inflight, stream=lambda: state.engine.stream(turn), headers=headers)
-        return RunResponse(output, state.inflight, complete=lambda: state.engine.complete(turn), headers=headers)
+        return state.answer(anthropic_api.Output(parsed.model), turn)
 
     @app.post("/v1/messages/count_tokens", tags=["Anthropic"])
     async def count_tokens(request: Request) -> dict[str, int]:

@@ -59,9 +59,23 @@ def public_message(exc: LlmrunError) -> str:
     return f"{text} (hint: {exc.hint})" if exc.hint else text
 
 
+SSE = "text/event-stream; charset=utf-8"
+SSE_PING = b": ping\n\n"
+"""An SSE comment: every SSE client skips it, and it keeps a silent connection alive."""
+
+# Seconds a client is asked to wait before retrying when the error names no time of its own.
+DEFAULT_RETRY_AFTER = {429: 5, 503: 5}
+
+
 def error_headers(exc: LlmrunError) -> dict[str, str]:
-    headers: dict[str, str] = {}
+    """Headers of an error response. `x-should-retry` tells the SDKs of OpenAI and Anthropic
+    (and the clients built on them) whether a retry can help: without it they retry 4xx and
+    5xx answers such as a logged-out tool's 401 many times before giving up."""
+    retry = exc.retryable
+    headers = {"x-should-retry": "true" if retry else "false"}
     retry_after = getattr(exc, "retry_after", None)
+    if not isinstance(retry_after, int) and retry:
+        retry_after = DEFAULT_RETRY_AFTER.get(exc.http_status)
     if isinstance(retry_after, int):
         headers["retry-after"] = str(retry_after)
     if isinstance(exc, Unauthorized):

@@ -18,7 +18,17 @@ from typing import Any
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
 from . import attachments
-from .common import check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
+from .common import (
+    SSE,
+    SSE_PING,
+    check_fields,
+    error_headers,
+    expect,
+    expect_list,
+    model_name,
+    public_message,
+    tool_schema,
+)
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -266,6 +276,8 @@ def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 class Output:
     """Everything one request sends back, in OpenAI's shapes."""
 
+    media_type = SSE
+
     def __init__(self, model: str, *, include_usage: bool = False) -> None:
         self.model = model
         self.include_usage = include_usage
@@ -332,3 +344,6 @@ class Output:
 
     def error_event(self, exc: LlmrunError) -> bytes:
         return b"data: " + json.dumps(error_body(exc), ensure_ascii=False).encode() + b"\n\n"
+
+    def keepalive(self) -> bytes:
+        return SSE_PING

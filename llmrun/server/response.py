@@ -7,7 +7,10 @@ the other, and both are awaited, so no exception is left unretrieved.
 
 Until the first chunk exists nothing has been sent, so a failure before it (bad model,
 queue full, tool not logged in) is a proper HTTP status with the API's error body;
-after it, the failure is the API's error event and the stream ends.
+after it, the failure is the API's error event and the stream ends. A stream whose tool
+stays silent longer than a grace sends its status and headers anyway, then a keep-alive
+at an interval until the first chunk: clients that give up on a silent connection (a
+headers timeout, a read timeout) then wait for a tool that thinks for minutes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.responses import Response
@@ -29,15 +33,12 @@ from .common import ShuttingDown
 
 log = logging.getLogger("llmrun.server")
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
 
 class Output(Protocol):
     """What an API dialect renders (see openai_api.Output and anthropic_api.Output)."""
+
+    media_type: str
+    """Content type of a stream (SSE, or NDJSON for the Ollama API)."""
 
     def error(self, exc: LlmrunError) -> tuple[int, dict[str, Any], dict[str, str]]: ...
     def body(self, response: ChatResponse) -> dict[str, Any]: ...
@@ -45,6 +46,17 @@ class Output(Protocol):
     def chunk(self, chunk: ChatChunk) -> bytes: ...
     def finish(self) -> bytes: ...
     def error_event(self, exc: LlmrunError) -> bytes: ...
+    def keepalive(self) -> bytes:
+        """Bytes the API's clients read as nothing, sent while the tool is silent before its first chunk."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pace:
+    """When a silent stream opens anyway, and how often it then says it is alive."""
+
+    grace: float
+    interval: float
 
 
 class Inflight:
@@ -106,6 +118,7 @@ class RunResponse(Response):
         stream: Callable[[], AsyncGenerator[ChatChunk, None]] | None = None,
         complete: Callable[[], Awaitable[ChatResponse]] | None = None,
         headers: dict[str, str] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         super().__init__(status_code=200)
         assert (stream is None) != (complete is None)
@@ -114,6 +127,8 @@ class RunResponse(Response):
         self._stream = stream
         self._complete = complete
         self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._pace = pace
+        self._writing = asyncio.Lock()  # held by the keep-alive task while it writes
         self._started = False  # response head sent
         self._finished = False  # last body byte sent
         self._stopping = False
@@ -173,19 +188,28 @@ class RunResponse(Response):
     async def _run_stream(self, send: Send, stream: Callable[[], AsyncGenerator[ChatChunk, None]]) -> None:
         output = self.output
         async with contextlib.aclosing(stream()) as chunks:
+            keeping_alive = asyncio.ensure_future(self._keep_alive(send)) if self._pace is not None else None
+            first: ChatChunk | None = None
+            failure: LlmrunError | None = None
             try:
-                first: ChatChunk | None = await chunks.__anext__()
+                first = await chunks.__anext__()
             except StopAsyncIteration:
-                first = None
+                pass
             except LlmrunError as exc:
-                await self._fail(send, exc)
-                return
+                failure = exc
             except Exception as exc:
                 log.error("a run failed unexpectedly", exc_info=exc)
-                await self._fail(send, LlmrunError("internal error in llmrun's server"))
+                failure = LlmrunError("internal error in llmrun's server")
+            finally:
+                if keeping_alive is not None:
+                    await self._stop_keeping_alive(keeping_alive)
+            if failure is not None:
+                await self._fail(send, failure)
                 return
-            await self._head(send, 200, SSE_HEADERS)
-            await self._body(send, output.start() + (output.chunk(first) if first is not None else b""))
+            if not self._started:
+                await self._open(send)
+            if first is not None:
+                await self._body(send, output.chunk(first))
             try:
                 async for chunk in chunks:
                     data = output.chunk(chunk)
@@ -198,6 +222,31 @@ class RunResponse(Response):
                 log.error("a run failed unexpectedly", exc_info=exc)
                 tail = output.error_event(LlmrunError("internal error in llmrun's server"))
         await self._body(send, tail, more=False)
+
+    async def _open(self, send: Send) -> None:
+        head = [(b"content-type", self.output.media_type.encode()), (b"cache-control", b"no-cache")]
+        await self._head(send, 200, [*head, (b"x-accel-buffering", b"no")])
+        await self._body(send, self.output.start())
+
+    async def _keep_alive(self, send: Send) -> None:
+        """Open a stream that is still silent after the grace, then keep it alive until cancelled."""
+        assert self._pace is not None
+        await asyncio.sleep(self._pace.grace)
+        async with self._writing:
+            await self._open(send)
+        while True:
+            await asyncio.sleep(self._pace.interval)
+            async with self._writing:
+                await self._body(send, self.output.keepalive())
+
+    async def _stop_keeping_alive(self, task: asyncio.Future[None]) -> None:
+        # Cancelled only between two of its writes, so that no write is cut in half.
+        async with self._writing:
+            task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            # A write failed: the client is gone, which the disconnect watcher reports.
+            log.debug("a keep-alive could not be sent: %s", task.exception())
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ else:
 
 TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n"
+    b"content-length: 26\r\nretry-after: 1\r\nx-should-retry: true\r\nconnection: close\r\n\r\n"
+    b"too many open connections\n"
 )
 
 

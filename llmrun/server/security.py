@@ -37,7 +37,7 @@ def is_anthropic_path(path: str) -> bool:
 
 def error_parts(path: str, exc: LlmrunError) -> tuple[int, dict[str, object], dict[str, str]]:
     if is_anthropic_path(path):
-        return anthropic_api.Output("").error(exc)
+        return anthropic_api.error_response_parts(exc)
     return openai_api.error_response_parts(exc)
 
 

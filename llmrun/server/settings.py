@@ -21,6 +21,8 @@ body_timeout = 30                 # seconds a request body may pause between two
 body_total_timeout = 120          # seconds for a whole request body, from its head
 max_connections = 512             # open client connections; more are refused at once
 fetch_image_urls = false          # let llmrun fetch clients' http(s) image URLs (public addresses only)
+first_chunk_grace = 3             # seconds a stream waits silently for its first chunk; then headers and keep-alives
+keepalive_interval = 15           # seconds between keep-alives while a stream has nothing to send yet
 
 [server.aliases]
 fast = "claude_code/haiku"
@@ -118,6 +120,11 @@ class ServerSettings:
     """Client connections open at once; more are answered 503 and closed."""
     fetch_image_urls: bool = False
     """Take http(s) image URLs from clients; llmrun fetches them (see server/attachments.py)."""
+    first_chunk_grace: float = 3.0
+    """Seconds a streaming response waits for its first chunk before it sends its status and
+    headers anyway: an error within the grace still gets its own HTTP status."""
+    keepalive_interval: float = 15.0
+    """Seconds between keep-alives (an SSE comment, Anthropic's ping, ...) until the first chunk."""
 
     def validate(self) -> ServerSettings:
         if self.tools not in ("emulate", "reject"):
@@ -133,9 +140,12 @@ class ServerSettings:
             raise ConfigError(f"max_body_bytes: expected at least 1024, got {self.max_body_bytes!r}")
         if self.max_warm < 0:
             raise ConfigError(f"max_warm: expected 0 or more, got {self.max_warm!r}")
-        for name in ("warm_idle_timeout", "header_timeout", "body_timeout", "body_total_timeout", "max_connections"):
+        positive = ("warm_idle_timeout", "header_timeout", "body_timeout", "body_total_timeout", "max_connections")
+        for name in (*positive, "keepalive_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.first_chunk_grace < 0:
+            raise ConfigError(f"first_chunk_grace: expected 0 or more, got {self.first_chunk_grace!r}")
         self._validate_prewarm()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0-65535, got {self.port!r}")
@@ -197,6 +207,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "body_total_timeout": (int, float),
     "max_connections": (int,),
     "fetch_image_urls": (bool,),
+    "first_chunk_grace": (int, float),
+    "keepalive_interval": (int, float),
 }
 
 
