@@ -50,6 +50,9 @@ def settings(tmp_path: Path, **fields: Any) -> ServerSettings:
     fields.setdefault("shutdown_timeout", 2.0)
     # These suites test the one-shot path; tests/test_server_warm.py tests warm sessions.
     fields.setdefault("max_warm", 0)
+    # A loaded machine must not turn a tool's error status into an error event mid-stream;
+    # tests/test_server_signals.py sets the grace short on purpose.
+    fields.setdefault("first_chunk_grace", 120.0)
     return ServerSettings(**fields).validate()
 
 

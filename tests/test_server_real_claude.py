@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llmrun.errors import AuthenticationError
 from llmrun.types import ChatRequest
 
 from .conftest import FakeRun
@@ -37,12 +38,17 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
     yield from claude_fake(monkeypatch, tmp_path)
 
 
-def run_claude(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_claude(
+    tmp_path: Path, url: str, *args: str, default_retries: bool = False
+) -> subprocess.CompletedProcess[str]:
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
+    env = claude_env(tmp_path / "claude-home", url)
+    if default_retries:
+        del env["CLAUDE_CODE_MAX_RETRIES"]  # as a user runs it: ten retries
     return subprocess.run(
         ["claude", "-p", *args],
-        env=claude_env(tmp_path / "claude-home", url),
+        env=env,
         cwd=workdir,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -95,3 +101,17 @@ def test_claude_code_runs_a_tool_the_backend_asks_for(tmp_path: Path) -> None:
     assert len(runner.requests) >= 2
     last = second.conversation()[-1]
     assert last.role == "tool" and MARKER in last.text  # the command really ran, its output came back
+
+
+def test_claude_code_stops_at_once_on_a_logged_out_backend(tmp_path: Path) -> None:
+    # Claude Code retries an error up to ten times unless the answer says x-should-retry: false.
+    runner = ScriptedRunner(lambda request: AuthenticationError("scripted is not logged in", hint="log in"))
+    with LiveServer(settings(tmp_path), runners={"scripted": runner}) as live:
+        done = run_claude(
+            tmp_path, live.url, "--tools", "", "--model", "scripted/script", "Say hi", default_retries=True
+        )
+
+    assert done.returncode != 0
+    assert "not logged in" in done.stdout + done.stderr
+    asked = [r for r in runner.requests if "Say hi" in r.conversation()[-1].text]
+    assert len(asked) == 1, f"the daemon was asked {len(asked)} times"

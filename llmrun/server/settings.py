@@ -21,7 +21,7 @@ body_timeout = 30                 # seconds a request body may pause between two
 body_total_timeout = 120          # seconds for a whole request body, from its head
 max_connections = 512             # open client connections; more are refused at once
 fetch_image_urls = false          # let llmrun fetch clients' http(s) image URLs (public addresses only)
-first_chunk_grace = 3             # seconds a stream waits silently for its first chunk; then headers and keep-alives
+first_chunk_grace = 10            # seconds a stream waits silently for its first chunk; then headers and keep-alives
 keepalive_interval = 15           # seconds between keep-alives while a stream has nothing to send yet
 
 [server.aliases]
@@ -120,9 +120,11 @@ class ServerSettings:
     """Client connections open at once; more are answered 503 and closed."""
     fetch_image_urls: bool = False
     """Take http(s) image URLs from clients; llmrun fetches them (see server/attachments.py)."""
-    first_chunk_grace: float = 3.0
+    first_chunk_grace: float = 10.0
     """Seconds a streaming response waits for its first chunk before it sends its status and
-    headers anyway: an error within the grace still gets its own HTTP status."""
+    headers anyway. An error within the grace (a tool that is not installed, not logged in or
+    rate-limited fails while it starts, in 0.1-10 s) still gets its own HTTP status; every
+    client seen waits far longer for headers (120 s at the least)."""
     keepalive_interval: float = 15.0
     """Seconds between keep-alives (an SSE comment, Anthropic's ping, ...) until the first chunk."""
 
