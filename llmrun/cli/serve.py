@@ -65,6 +65,9 @@ def serve(
         metavar="N",
         help="Live tool processes kept between turns (default from free memory; 0: none).",
     ),
+    ollama_port: Optional[int] = typer.Option(
+        None, "--ollama-port", metavar="PORT", help="Also listen here, e.g. 11434, for apps that expect Ollama there."
+    ),
     log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
     """Serve the OpenAI and Anthropic APIs over the installed runners (needs `pip install 'llmrun[server]'`)."""
@@ -86,6 +89,7 @@ def serve(
         "cors_origins": cors_origin or None,
         "shutdown_timeout": shutdown_timeout,
         "max_warm": max_warm,
+        "ollama_port": ollama_port,
     }
     try:
         try:

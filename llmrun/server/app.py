@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import InvalidRequest, LlmrunError, RunnerError
 from ..runners.base import Runner
 from ..types import HealthReport
-from . import anthropic_api, conversations, openai_api, responses_api
+from . import anthropic_api, conversations, ollama_api, openai_api, responses_api
 from .attachments import fetch_images
 from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
@@ -214,6 +214,7 @@ def create_app(
         return state.answer(openai_api.Output(parsed.model, include_usage=parsed.include_usage), turn)
 
     responses_api.add_routes(app, state, read_body=_json_body, conversation_of=_conversation)
+    ollama_api.add_routes(app, state, read_body=_json_body, conversation_of=_conversation)
 
     @app.post("/v1/messages", openapi_extra=_body_doc(_MESSAGES_SCHEMA), tags=["Anthropic"])
     async def messages(request: Request) -> Response:
@@ -317,7 +318,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["authorization", "x-api-key", "content-type", "anthropic-version", SESSION_HEADER],
         )
     return app

@@ -111,7 +111,7 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
         messages=messages,
         temperature=_number(body.get("temperature"), "temperature"),
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
-        tools=_tools(body.get("tools")),
+        tools=function_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
         json_schema=_response_format(body.get("response_format")),
     )
@@ -217,7 +217,7 @@ def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
     return calls
 
 
-def _tools(raw: Any) -> list[ToolSpec] | None:
+def function_tools(raw: Any) -> list[ToolSpec] | None:
     if not raw:
         return None
     tools = []

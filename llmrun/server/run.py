@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from .. import private, process
+from ..errors import ConfigError
 from ..runners.base import Runner
 from .app import ServerState, create_app
 from .settings import ServerSettings
@@ -189,10 +190,32 @@ def make_server(
     return DrainingServer(config, app.state.llmrun)
 
 
+def listening_sockets(settings: ServerSettings) -> list[socket.socket] | None:
+    """The sockets to serve on when there is an Ollama port besides the main one (the same app
+    answers on both); None leaves the binding of the one port to uvicorn."""
+    if settings.ollama_port is None:
+        return None
+    sockets: list[socket.socket] = []
+    for port in (settings.port, settings.ollama_port):
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on the accepted connections.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host.strip("[]"), port))
+        except OSError as exc:
+            for opened in (*sockets, sock):
+                opened.close()
+            raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
+        sockets.append(sock)
+    return sockets
+
+
 def serve(settings: ServerSettings, *, log_level: str = "info", **kwargs: Any) -> None:
     """Run until SIGTERM or Ctrl-C."""
     _configure_logging(log_level)
     server = make_server(settings, log_level=log_level, **kwargs)
+    sockets = listening_sockets(settings)
     key = "required" if settings.api_key else "not required"
     log.info(
         "llmrun serve on http://%s:%d (API key %s; tools: %s; agent tools %s)",
@@ -202,12 +225,14 @@ def serve(settings: ServerSettings, *, log_level: str = "info", **kwargs: Any) -
         settings.tools,
         "allowed" if settings.allow_tools else "off",
     )
+    if settings.ollama_port is not None:
+        log.info("the Ollama API also on http://%s:%d", settings.host, settings.ollama_port)
     # What an llmrun killed outright left behind: its tools' own children, its private files.
     if killed := process.kill_orphaned_tools():
         log.warning("killed %d process group(s) left by an llmrun that died: %s", len(killed), killed)
     private.sweep()
     with private.cleanup_on_signals():
-        server.run()
+        server.run(sockets=sockets)
 
 
 def _configure_logging(level: str) -> None:

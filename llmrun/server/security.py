@@ -6,7 +6,8 @@ requests to 127.0.0.1, but with that site's name in Host. The origin checks stop
 from using the server through the browser of the user who runs it: a request whose
 `Origin` is not this server's own, or whose `Sec-Fetch-Site` says it comes from another
 site, is refused (403) unless its origin is in `cors_origins`; and a body must be declared
-`application/json` (415), which no page can send without a CORS preflight. The key is
+`application/json` (415), which no page can send without a CORS preflight (Ollama's
+/api/ paths take any type, as Ollama does, and rely on the origin checks). The key is
 compared in constant time, from `Authorization: Bearer KEY` or `x-api-key: KEY` (what the
 OpenAI and Anthropic SDKs send). Bodies larger than the limit are refused with 413, whether
 they announce their length or not.
@@ -22,7 +23,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import LlmrunError
-from . import anthropic_api, openai_api
+from . import anthropic_api, ollama_api, openai_api
 from .common import CrossSiteRequest, HostNotAllowed, PayloadTooLarge, Unauthorized, UnsupportedMediaType, printable
 
 log = logging.getLogger("llmrun.server")
@@ -38,6 +39,8 @@ def is_anthropic_path(path: str) -> bool:
 def error_parts(path: str, exc: LlmrunError) -> tuple[int, dict[str, object], dict[str, str]]:
     if is_anthropic_path(path):
         return anthropic_api.error_response_parts(exc)
+    if ollama_api.is_ollama_path(path):
+        return ollama_api.error_response_parts(exc)
     return openai_api.error_response_parts(exc)
 
 
@@ -137,7 +140,11 @@ class Guard:
                 scope, send, Unauthorized("a valid API key is required (Authorization: Bearer or x-api-key)")
             )
             return
-        if self._has_body(scope, headers) and not is_json_type(headers.get("content-type")):
+        # Ollama takes bodies of any declared type, and the `curl -d` of its docs and of many
+        # apps sends form encoding: its /api/ paths here do too. What the JSON type stops, a web
+        # page's request without preflight, carries an Origin or Sec-Fetch-Site: refused above.
+        ollama = ollama_api.is_ollama_path(scope["path"])
+        if self._has_body(scope, headers) and not is_json_type(headers.get("content-type")) and not ollama:
             refused = UnsupportedMediaType("the request body must be JSON, sent as Content-Type: application/json")
             await send_error(scope, send, refused)
             return

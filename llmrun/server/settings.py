@@ -23,6 +23,7 @@ max_connections = 512             # open client connections; more are refused at
 fetch_image_urls = false          # let llmrun fetch clients' http(s) image URLs (public addresses only)
 first_chunk_grace = 10            # seconds a stream waits silently for its first chunk; then headers and keep-alives
 keepalive_interval = 15           # seconds between keep-alives while a stream has nothing to send yet
+ollama_port = 11434               # also listen here (same address), for apps that insist on Ollama's port; unset: no
 
 [server.aliases]
 fast = "claude_code/haiku"
@@ -127,6 +128,8 @@ class ServerSettings:
     client seen waits far longer for headers (120 s at the least)."""
     keepalive_interval: float = 15.0
     """Seconds between keep-alives (an SSE comment, Anthropic's ping, ...) until the first chunk."""
+    ollama_port: int | None = None
+    """A second port to listen on (same address and checks), where `/` answers as Ollama does."""
 
     def validate(self) -> ServerSettings:
         if self.tools not in ("emulate", "reject"):
@@ -151,6 +154,8 @@ class ServerSettings:
         self._validate_prewarm()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0-65535, got {self.port!r}")
+        if self.ollama_port is not None and not (1 <= self.ollama_port <= 65535 and self.ollama_port != self.port):
+            raise ConfigError(f"ollama_port: expected 1-65535 other than port {self.port}, got {self.ollama_port!r}")
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
         if not is_loopback(self.host) and self.api_key is None:
@@ -211,6 +216,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "fetch_image_urls": (bool,),
     "first_chunk_grace": (int, float),
     "keepalive_interval": (int, float),
+    "ollama_port": (int,),
 }
 
 
