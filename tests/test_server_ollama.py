@@ -570,3 +570,22 @@ def test_ollama_port_setting_is_checked(tmp_path: Path) -> None:
 
 def test_no_ollama_port_leaves_binding_to_uvicorn(tmp_path: Path) -> None:
     assert listening_sockets(settings(tmp_path)) is None
+
+
+def test_the_ollama_runner_is_off_where_its_command_would_reach_this_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Else /api/tags asks the ollama runner for its models, whose `ollama list` asks /api/tags...
+    ollama_port = free_port()
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{ollama_port}")
+    with LiveServer(
+        settings(tmp_path, port=0, ollama_port=ollama_port), runners={"scripted": ScriptedRunner()}
+    ) as live:
+        assert "ollama" not in live.state.pool.names()
+        refused = httpx.post(f"{live.url}/api/chat", json={"model": "ollama/llama3", "messages": []}, timeout=30)
+        assert refused.status_code == 400 and "talks to port" in refused.json()["error"]
+        assert "scripted/script" in [m["name"] for m in httpx.get(f"{live.url}/api/tags", timeout=30).json()["models"]]
+
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")  # a real Ollama elsewhere
+    with LiveServer(settings(tmp_path, port=0, ollama_port=ollama_port)) as live:
+        assert "ollama" in live.state.pool.names()

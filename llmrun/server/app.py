@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -80,7 +82,7 @@ class ServerState:
         self, settings: ServerSettings, runners: Mapping[str, Runner] | None, store: SessionStore | None
     ) -> None:
         self.settings = settings
-        self.pool = RunnerPool(settings.aliases, runners)
+        self.pool = RunnerPool(settings.aliases, runners, blocked=_runners_that_would_loop(settings))
         self.limiter = Limiter(
             settings.max_concurrency, settings.max_per_runner, settings.max_queue, settings.queue_timeout
         )
@@ -143,6 +145,28 @@ class ServerState:
         for alias, spec in self.settings.aliases.items():
             found.append((alias, spec.partition("/")[0] or "alias", f"{alias} → {spec}"))
         return found
+
+
+def ollama_cli_port(ollama_host: str | None) -> int:
+    """The port the `ollama` command talks to: OLLAMA_HOST's ("host", "host:port" or a URL), else 11434."""
+    value = (ollama_host or "").strip()
+    try:
+        return urlsplit(value if "://" in value else f"http://{value}").port or 11434
+    except ValueError:
+        return 11434
+
+
+def _runners_that_would_loop(settings: ServerSettings) -> dict[str, str]:
+    """Serving the Ollama API on the port the `ollama` command uses sends that runner's requests
+    (its model listing included, which /api/tags itself asks for) back here, without end."""
+    if settings.ollama_port is None or settings.ollama_port != ollama_cli_port(os.environ.get("OLLAMA_HOST")):
+        return {}
+    reason = (
+        f"the ollama runner is off in this server: its `ollama` command talks to port {settings.ollama_port}, "
+        "where this server answers as Ollama"
+    )
+    log.warning("%s", reason)
+    return {"ollama": reason}
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import registry
-from ..errors import BinaryNotFound, ConfigError, InvalidRequest, LlmrunError, ModelNotFound, RunnerNotFound
+from ..errors import (
+    BinaryNotFound,
+    ConfigError,
+    InvalidRequest,
+    LlmrunError,
+    ModelNotFound,
+    RunnerNotFound,
+    UnsupportedFeature,
+)
 from ..runners.base import Runner
 
 
@@ -31,14 +39,22 @@ class Target:
 class RunnerPool:
     """One instance per runner, made on first use; `extra` adds or replaces runners by name."""
 
-    def __init__(self, aliases: Mapping[str, str] | None = None, extra: Mapping[str, Runner] | None = None) -> None:
+    def __init__(
+        self,
+        aliases: Mapping[str, str] | None = None,
+        extra: Mapping[str, Runner] | None = None,
+        *,
+        blocked: Mapping[str, str] | None = None,
+    ) -> None:
         self.aliases = dict(aliases or {})
         self.extra = dict(extra or {})
+        self.blocked = dict(blocked or {})
+        """Runner name → why this server cannot use it."""
         self._made: dict[str, Runner] = {}
 
     def names(self) -> list[str]:
         names = list(self.extra)
-        names += [n for n in registry.runner_names() if n not in self.extra]
+        names += [n for n in registry.runner_names() if n not in self.extra and n not in self.blocked]
         return names
 
     def get(self, name: str) -> Runner:
@@ -49,6 +65,8 @@ class RunnerPool:
         canonical = registry.canonical_name(key)
         if canonical in self.extra:
             return self.extra[canonical]
+        if canonical in self.blocked:
+            raise UnsupportedFeature(self.blocked[canonical], runner=canonical)
         if canonical not in self._made:
             try:
                 self._made[canonical] = registry.get_runner(canonical)
