@@ -95,7 +95,7 @@ def serve(
         try:
             from ..server.run import serve as run_server
         except ModuleNotFoundError as exc:
-            if exc.name not in ("fastapi", "uvicorn", "starlette"):
+            if exc.name not in ("fastapi", "uvicorn", "starlette", "mcp", "mcp_types"):
                 raise
             raise ConfigError(
                 f"`llmrun serve` needs {exc.name}, which is not installed",

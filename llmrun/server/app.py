@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import InvalidRequest, LlmrunError, RunnerError
 from ..runners.base import Runner
 from ..types import HealthReport
-from . import anthropic_api, conversations, ollama_api, openai_api, responses_api
+from . import anthropic_api, conversations, mcp_api, ollama_api, openai_api, responses_api
 from .attachments import fetch_images
 from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
@@ -191,7 +191,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.warm.start()
         try:
-            yield
+            async with mcp_api.running(app):
+                yield
             await state.inflight.drain(0 if state.inflight.draining else settings.shutdown_timeout)
         finally:
             await state.warm.aclose()
@@ -323,6 +324,8 @@ def create_app(
             out.append(meta)
         return {"object": "list", "data": out, "limits": {**state.limiter.stats(), **state.warm.limits()}}
 
+    mcp_api.mount(app, state)
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> dict[str, str]:
         return {"name": "llmrun", "version": __version__}
@@ -343,6 +346,10 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["authorization", "x-api-key", "content-type", "anthropic-version", SESSION_HEADER],
+            allow_headers=[
+                *("authorization", "x-api-key", "content-type", "anthropic-version", SESSION_HEADER),
+                *("mcp-session-id", "mcp-protocol-version", "last-event-id"),  # MCP clients in a browser
+            ],
+            expose_headers=["mcp-session-id"],
         )
     return app
