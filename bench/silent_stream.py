@@ -28,7 +28,6 @@ client missing from this machine is reported as skipped. Nothing here asserts an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
 import json
 import logging
@@ -38,19 +37,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a plain checkout runs without installing llmrun
 
-from llmrun.runners.base import Runner  # noqa: E402
-from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport, Usage  # noqa: E402
 from tests.realcli import opencode_env, opencode_provider, qwen_env  # noqa: E402
-from tests.server_support import LiveServer, settings  # noqa: E402
+from tests.server_support import SILENT_ANSWER as ANSWER  # noqa: E402
+from tests.server_support import LiveServer, SilentRunner, settings  # noqa: E402
 
-ANSWER = "Done thinking."
 NODE_CLIENT = """
 const OpenAI = require("openai");
 const client = new OpenAI({ baseURL: process.argv[2], apiKey: "sk-test" });
@@ -63,29 +59,6 @@ const client = new OpenAI({ baseURL: process.argv[2], apiKey: "sk-test" });
   console.log(text);
 })().catch((error) => { console.error(String(error)); process.exit(1); });
 """
-
-
-class SilentRunner(Runner):
-    """Silent for `silence` seconds, then one answer; records each run's prompt."""
-
-    name = "silent"
-    display_name = "Silent"
-    default_model = "silent"
-    capabilities = Capabilities(streaming=True, token_streaming=True, usage=True)
-    builtin_models = (("silent", ()),)
-
-    def __init__(self, silence: float) -> None:
-        self.silence = silence
-        self.prompts: list[str] = []
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        self.prompts.append(request.conversation()[-1].text)
-        await asyncio.sleep(self.silence)
-        yield ChatChunk(delta=ANSWER)
-        yield ChatChunk(finish_reason="stop", usage=Usage(input_tokens=3, output_tokens=2), model="silent")
-
-    async def health(self, probe: bool = False) -> HealthReport:
-        return HealthReport(runner=self.name, status="ok", version="1")
 
 
 def client_command(
@@ -168,7 +141,8 @@ def main() -> None:
     print(f"\nA tool silent for {args.silence:.0f} s; {platform.node()}, load {os.getloadavg()[0]:.1f}")
     print(f"{'client':<10} {'daemon':<11} {'answer':<7} {'seconds':>8} {'backend runs':>13}  last output")
     for result in results:
-        runs = sum(result["prompt"] in prompt for prompt in runners[result["mode"]].prompts)
+        prompts = [request.conversation()[-1].text for request in runners[result["mode"]].requests]
+        runs = sum(result["prompt"] in prompt for prompt in prompts)
         answer = "yes" if result["ok"] else "no"
         print(
             f"{result['client']:<10} {result['mode']:<11} {answer:<7} {result['seconds']:>8.1f} {runs:>13}  "

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from llmrun.errors import LlmrunError
 from llmrun.runners.base import Runner
 from llmrun.server.run import make_server
 from llmrun.server.settings import ServerSettings
@@ -163,6 +164,39 @@ class ScriptedRunner(Runner):
             session_id=f"scripted-session-{self.session_counter}",
             model="script",
         )
+
+    async def health(self, probe: bool = False) -> HealthReport:
+        return HealthReport(runner=self.name, status="ok", version="1.0")
+
+
+SILENT_ANSWER = "Thought it over."
+
+
+class SilentRunner(Runner):
+    """Says nothing for `silence` seconds, then answers, or fails with `error`."""
+
+    name = "silent"
+    display_name = "Silent"
+    default_model = "silent"
+    capabilities = Capabilities(streaming=True, token_streaming=True, usage=True)
+    builtin_models = (("silent", ()),)
+
+    def __init__(self, silence: float = 0.0, error: LlmrunError | None = None) -> None:
+        self.silence = silence
+        self.error = error
+        self.requests: list[ChatRequest] = []
+        self.closed = threading.Event()
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        self.requests.append(request)
+        try:
+            await asyncio.sleep(self.silence)
+            if self.error is not None:
+                raise self.error
+            yield ChatChunk(delta=SILENT_ANSWER)
+            yield ChatChunk(finish_reason="stop", usage=Usage(input_tokens=4, output_tokens=3), model="silent")
+        finally:
+            self.closed.set()
 
     async def health(self, probe: bool = False) -> HealthReport:
         return HealthReport(runner=self.name, status="ok", version="1.0")

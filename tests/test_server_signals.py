@@ -9,11 +9,9 @@ status, headers and then the API's keep-alive every `keepalive_interval` until t
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
@@ -30,46 +28,13 @@ from llmrun.errors import (
     RateLimitError,
     ServiceUnavailable,
 )
-from llmrun.runners.base import Runner
 from llmrun.server.common import error_headers
 from llmrun.server.limits import Busy
-from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport, Usage
 
-from .server_support import LiveServer, settings
+from .server_support import SILENT_ANSWER as ANSWER
+from .server_support import LiveServer, SilentRunner, settings
 
 pytestmark = pytest.mark.timeout(90)
-
-ANSWER = "Thought it over."
-
-
-class SilentRunner(Runner):
-    """Says nothing for `silence` seconds, then answers, or fails with `error`."""
-
-    name = "silent"
-    display_name = "Silent"
-    default_model = "silent"
-    capabilities = Capabilities(streaming=True, token_streaming=True, usage=True)
-    builtin_models = (("silent", ()),)
-
-    def __init__(self, silence: float = 0.0, error: LlmrunError | None = None) -> None:
-        self.silence = silence
-        self.error = error
-        self.requests: list[ChatRequest] = []
-        self.closed = threading.Event()
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        self.requests.append(request)
-        try:
-            await asyncio.sleep(self.silence)
-            if self.error is not None:
-                raise self.error
-            yield ChatChunk(delta=ANSWER)
-            yield ChatChunk(finish_reason="stop", usage=Usage(input_tokens=4, output_tokens=3), model="silent")
-        finally:
-            self.closed.set()
-
-    async def health(self, probe: bool = False) -> HealthReport:
-        return HealthReport(runner=self.name, status="ok", version="1.0")
 
 
 def serve(tmp_path: Path, runner: SilentRunner, **fields: float) -> LiveServer:

@@ -203,18 +203,21 @@ def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
     for call in expect_list(raw, f"{where}.tool_calls"):
         call = expect(call, dict, f"{where}.tool_calls[]")
         function = expect(call.get("function"), dict, f"{where}.tool_calls[].function")
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise InvalidRequest(f"{where}: tool call arguments are not JSON") from None
-        if not isinstance(parsed, dict):
-            parsed = {"value": parsed}
+        parsed = tool_arguments(function.get("arguments"), where)
         fields: dict[str, Any] = {"name": str(function.get("name") or ""), "arguments": parsed}
         if isinstance(call.get("id"), str):
             fields["id"] = call["id"]
         calls.append(ToolCall(**fields))
     return calls
+
+
+def tool_arguments(raw: Any, where: str) -> dict[str, Any]:
+    """A tool call's arguments, sent as a JSON string (or already an object), as an object."""
+    try:
+        arguments = json.loads(raw or "{}") if isinstance(raw, str) or raw is None else raw
+    except ValueError:
+        raise InvalidRequest(f"{where}: tool call arguments are not JSON") from None
+    return arguments if isinstance(arguments, dict) else {"value": arguments}
 
 
 def function_tools(raw: Any) -> list[ToolSpec] | None:

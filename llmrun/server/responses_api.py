@@ -77,7 +77,7 @@ from ..types import (
 from . import attachments, conversations
 from .attachments import fetch_images
 from .common import SSE, check_fields, expect, expect_list, model_name, public_message, tool_schema
-from .openai_api import error_response_parts
+from .openai_api import error_response_parts, tool_arguments
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -301,14 +301,7 @@ def _call(item: dict[str, Any], where: str) -> ToolCall:
         name = f"{namespace}.{name}"
     if item.get("type") == "custom_tool_call":
         return ToolCall(id=call_id, name=name, arguments={"input": str(item.get("input") or "")})
-    raw = item.get("arguments") or "{}"
-    try:
-        arguments = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        raise InvalidRequest(f"{where}: function call arguments are not JSON") from None
-    if not isinstance(arguments, dict):
-        arguments = {"value": arguments}
-    return ToolCall(id=call_id, name=name, arguments=arguments)
+    return ToolCall(id=call_id, name=name, arguments=tool_arguments(item.get("arguments"), where))
 
 
 def _add_call(messages: list[Message], call: ToolCall) -> None:
