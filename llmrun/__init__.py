@@ -62,6 +62,9 @@ _EXPORTS: dict[str, str] = {
     "Limits": "process",
     "chat_with_tools": "tool_emulation",
     "stream_with_tools": "tool_emulation",
+    "fan_out": "fanout",
+    "Route": "routing",
+    "CoolDown": "routing",
     **dict.fromkeys(_TYPES, "types"),
     **dict.fromkeys(_ERRORS, "errors"),
 }
@@ -78,14 +81,19 @@ __all__ = [
     "Limits",
     "chat_with_tools",
     "stream_with_tools",
+    "fan_out",
+    "Route",
+    "CoolDown",
     *_TYPES,
     *_ERRORS,
 ]
 
 if TYPE_CHECKING:
     from .errors import *  # noqa: F403
+    from .fanout import fan_out
     from .process import Invocation, Limits
     from .registry import get_runner, get_runner_class, runner_names
+    from .routing import CoolDown, Route
     from .runners.base import CliRunner, Parser, Runner
     from .tool_emulation import chat_with_tools, stream_with_tools
     from .types import *  # noqa: F403

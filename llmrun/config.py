@@ -54,6 +54,7 @@ TOP_LEVEL_KEYS = {
     "runner": "a runner name (string)",
     "runners": "a table of runner tables",
     "server": "a table of `llmrun serve` settings",
+    "routes": 'tables [routes.NAME] with try = ["RUNNER/MODEL", ...]',
 }
 
 

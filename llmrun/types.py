@@ -238,6 +238,10 @@ class ChatChunk(_Model):
     session_id: str | None = None
     model: str | None = None
     cost_usd: float | None = None
+    runner: str | None = None
+    """The runner that answered, where it is not the one asked (a route hands on to its targets)."""
+    warnings: list[str] = Field(default_factory=list)
+    """What the caller should know about the answer, e.g. a route's targets that failed before it."""
 
     @property
     def is_final(self) -> bool:
@@ -279,6 +283,8 @@ class ChatResponse(_Model):
     cost_usd: float | None = None
     duration_ms: int = 0
     """Wall time of the run as llmrun measured it, process start to exit."""
+    warnings: list[str] = Field(default_factory=list)
+    """What the caller should know about the answer, e.g. a route's targets that failed before it."""
 
     @classmethod
     def from_chunks(cls, chunks: list[ChatChunk], *, runner: str = "", duration_ms: int = 0) -> ChatResponse:
@@ -292,10 +298,11 @@ class ChatResponse(_Model):
             finish_reason=(final.finish_reason if final and final.finish_reason else "stop"),
             usage=(final.usage if final and final.usage else Usage()),
             model=model,
-            runner=runner,
+            runner=next((c.runner for c in reversed(chunks) if c.runner), None) or runner,
             session_id=next((c.session_id for c in reversed(chunks) if c.session_id), None),
             cost_usd=final.cost_usd if final else None,
             duration_ms=duration_ms,
+            warnings=[warning for c in chunks for warning in c.warnings],
         )
 
     def to_openai(self, *, id: str | None = None, created: int | None = None) -> dict[str, Any]:

@@ -494,7 +494,7 @@ def test_config_show_merges_file_and_environment(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('runer = "claude"\n', "unknown key 'runer'; expected one of runner, runners, server"),
+        ('runer = "claude"\n', "unknown key 'runer'; expected one of routes, runner, runners, server"),
         ("runner = 3\n", "runner: expected a runner name"),
         ('[runners.claude_code]\ntimeout = "soon"\n', "timeout: expected a number of seconds"),
         ("[runners.claude_code]\nbinry = 1\n", "unknown key 'binry'"),

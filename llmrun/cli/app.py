@@ -212,6 +212,11 @@ def chat(
         file_okay=False,
         resolve_path=True,
     ),
+    all_: bool = typer.Option(
+        False,
+        "--all",
+        help="Ask every runner of -r at once, answers side by side; exit 0 only if all answered.",
+    ),
 ) -> None:
     """Send a prompt to a runner and stream the answer; with no prompt on a terminal, chat."""
     if timeout is not None and timeout <= 0:
@@ -236,7 +241,12 @@ def chat(
             markdown=markdown,
             usage=usage,
         )
-        code = run(prompt=prompt, runner_name=runner, session=session, continuing=continue_, opts=opts)
+        if all_:
+            from .fanout import run_all
+
+            code = run_all(prompt=prompt, spec=runner, session=session, continuing=continue_, opts=opts)
+        else:
+            code = run(prompt=prompt, runner_name=runner, session=session, continuing=continue_, opts=opts)
     raise typer.Exit(code)
 
 

@@ -193,7 +193,7 @@ def run(
         check_session_id(session)  # before a runner is chosen or anything runs
     interactive = wants_interactive(prompt, opts)
     text = None if interactive else read_prompt(prompt)
-    runner = get_runner(choose_runner(runner_name, continuing=continuing))
+    runner = runner_for(choose_runner(runner_name, continuing=continuing), opts)
     session_id = resolve_session(runner, session, continuing, opts)
     if interactive:
         from .interactive import Conversation
@@ -202,9 +202,25 @@ def run(
     assert text is not None
     request = opts.request(text, session_id=session_id)
     response = run_interruptible(answer(runner, runner.stream(request), opts, model=request.model))
-    if response.session_id:
-        state.remember(runner.name, response.session_id, opts.model)
+    if response.session_id:  # a route's answer is continued with the runner that gave it
+        state.remember(response.runner or runner.name, response.session_id, opts.model)
     return 0
+
+
+def runner_for(spec: str, opts: ChatOptions) -> Runner:
+    """The runner `-r` names, or a route: several runners (`claude_code,gemini/flash`) or the
+    name of a `[routes.NAME]` of the config file, asked in order until one answers."""
+    from ..config import load_file
+    from ..routing import is_route, route_of, route_tables
+
+    config = load_file()
+    if not is_route(spec, route_tables(config)):
+        return get_runner(spec)
+    if opts.model:
+        raise typer.BadParameter(
+            "a route names each target's model itself, e.g. -r claude_code/sonnet,gemini/flash", param_hint="'--model'"
+        )
+    return route_of(spec, config=config)
 
 
 def label_for(runner: Runner, model: str | None) -> str:

@@ -144,6 +144,8 @@ class ChatPrinter:
         if not self.show_text:
             self._output_begins()
             return
+        if chunk.warnings:
+            self.warnings(chunk.warnings)
         if chunk.thinking and self.show_thinking:
             self._output_begins()
             if not self._in_thinking:
@@ -176,11 +178,20 @@ class ChatPrinter:
     def whole(self, response: ChatResponse) -> None:
         """An answer that arrived complete (`--no-stream`)."""
         self._output_begins()
+        if response.warnings and self.show_text:
+            self.warnings(response.warnings)
         if response.thinking and self.show_thinking:
             self.err.write(self._styled(response.thinking) + "\n\n")
             self.err.flush()
         if response.content:
             self.text(response.content)
+
+    def warnings(self, warnings: list[str]) -> None:
+        """What the caller should know before the answer (a route's targets that failed), on stderr."""
+        self._output_begins()
+        for warning in warnings:
+            self.err.write(self._styled(f"llmrun: warning: {warning}") + "\n")
+        self.err.flush()
 
     def finish(self) -> None:
         """End the answer's display; safe to call after an error or a cancel."""
@@ -246,7 +257,7 @@ def usage_line(
     if first_output is not None:
         timing += f" (first token {first_output:.2f} s)"
     parts.append(timing)
-    parts.append(f"{response.model or 'model not reported'} via {runner}")
+    parts.append(f"{response.model or 'model not reported'} via {response.runner or runner}")
     return sep.join(parts)
 
 

@@ -21,13 +21,14 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import InvalidRequest, LlmrunError, RunnerError
+from ..routing import Route, route_header
 from ..runners.base import Runner
 from ..types import HealthReport
-from . import anthropic_api, conversations, mcp_api, ollama_api, openai_api, responses_api
+from . import anthropic_api, conversations, mcp_api, multiplex, ollama_api, openai_api, responses_api
 from .attachments import fetch_images
 from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
-from .response import Inflight, Output, Pace, RunResponse, error_json
+from .response import AnswerHeader, Inflight, Output, Pace, RunResponse, error_json
 from .runners import RunnerPool
 from .security import Guard, error_parts
 from .sessions import SessionStore
@@ -43,7 +44,10 @@ _CHAT_SCHEMA = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
-        "model": {"type": "string", "description": "RUNNER/MODEL, RUNNER:MODEL, a runner, or an alias"},
+        "model": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "RUNNER/MODEL, RUNNER:MODEL, a runner, or an alias; a list asks each at once",
+        },
         "messages": {"type": "array", "items": {"type": "object"}},
         "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
@@ -98,12 +102,14 @@ class ServerState:
 
     def answer(self, output: Output, turn: Turn, *, headers: dict[str, str] | None = None) -> RunResponse:
         """The response that runs `turn` and renders it with `output`: a stream or one body."""
-        headers = {"x-llmrun-runner": turn.runner.name, **(headers or {})}
+        sent: dict[str, str | AnswerHeader] = {"x-llmrun-runner": turn.runner.name, **(headers or {})}
+        if isinstance(turn.runner, Route):
+            sent["x-llmrun-route"] = route_header  # who answered, once the answer has begun
         if turn.stream:
             pace = Pace(self.settings.first_chunk_grace, self.settings.keepalive_interval)
             stream = lambda: self.engine.stream(turn)  # noqa: E731
-            return RunResponse(output, self.inflight, stream=stream, headers=headers, pace=pace)
-        return RunResponse(output, self.inflight, complete=lambda: self.engine.complete(turn), headers=headers)
+            return RunResponse(output, self.inflight, stream=stream, headers=sent, pace=pace)
+        return RunResponse(output, self.inflight, complete=lambda: self.engine.complete(turn), headers=sent)
 
     async def health_reports(self) -> list[HealthReport]:
         """Every runner's HealthReport, checked at most once per `ready_cache_seconds`."""
@@ -235,6 +241,8 @@ def create_app(
         parsed = openai_api.parse(await _json_body(request), fetch_image_urls=settings.fetch_image_urls)
         parsed.request = await fetch_images(parsed.request, max_total_bytes=settings.max_body_bytes)
         conversation = _conversation(request)
+        if parsed.models:  # a list: every model asked at once
+            return multiplex.answer(state, parsed, conversation)
         turn = state.engine.prepare(parsed.request, parsed.model, conversation=conversation, stream=parsed.stream)
         return state.answer(openai_api.Output(parsed.model, include_usage=parsed.include_usage), turn)
 

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
@@ -77,6 +77,8 @@ class Parsed:
     model: str
     stream: bool
     include_usage: bool
+    models: list[str] = field(default_factory=list)
+    """The models of a `model` given as a list, each asked at once (server/multiplex.py)."""
 
 
 # The JSON type of each field read here (besides model and messages).
@@ -98,7 +100,9 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     """The request of a body; images must be data unless `fetch_image_urls` lets http(s) URLs
     through, which `attachments.fetch_images` then turns into data."""
     check_fields(body, FIELDS)
-    model = model_name(body.get("model"))
+    raw_model = body.get("model")
+    models = [model_name(name) for name in raw_model] if isinstance(raw_model, list) else []
+    model = ", ".join(models) if models else model_name(raw_model)
     n = body.get("n")
     if n not in (None, 1):
         raise UnsupportedFeature("only one choice per request (`n` = 1) is supported")
@@ -119,7 +123,7 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     options = body.get("stream_options") or {}
     include_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
     # `user` names an end user, not a conversation (see server/conversations.py): not used.
-    return Parsed(request, model.strip(), stream, include_usage)
+    return Parsed(request, model.strip(), stream, include_usage, models)
 
 
 def _number(value: Any, name: str) -> float | None:
@@ -296,6 +300,8 @@ class Output:
     def body(self, response: ChatResponse) -> dict[str, Any]:
         out = response.to_openai(id=self.id, created=self.created)
         out["model"] = self.model
+        if response.warnings:  # e.g. a route's targets that failed before one answered
+            out["warnings"] = response.warnings
         return out
 
     # --- streaming ---

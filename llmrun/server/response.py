@@ -20,9 +20,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -107,6 +107,12 @@ def error_json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Re
     return response
 
 
+AnswerHeader = Callable[[Union[ChatChunk, ChatResponse, None]], Union[str, None]]
+"""A header computed when the head is sent, from what of the answer exists then: its first
+chunk (a stream), the whole response, or nothing (an error, or a stream opened while silent);
+None leaves it out."""
+
+
 class RunResponse(Response):
     """Answers one request by running `stream()` (SSE) or `complete()` (one JSON body)."""
 
@@ -117,7 +123,7 @@ class RunResponse(Response):
         *,
         stream: Callable[[], AsyncGenerator[ChatChunk, None]] | None = None,
         complete: Callable[[], Awaitable[ChatResponse]] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str | AnswerHeader] | None = None,
         pace: Pace | None = None,
     ) -> None:
         super().__init__(status_code=200)
@@ -126,7 +132,8 @@ class RunResponse(Response):
         self.inflight = inflight
         self._stream = stream
         self._complete = complete
-        self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._extra = dict(headers or {})
+        self._answer: ChatChunk | ChatResponse | None = None  # what the answer-made headers are made of
         self._pace = pace
         self._writing = asyncio.Lock()  # held by the keep-alive task while it writes
         self._started = False  # response head sent
@@ -182,6 +189,7 @@ class RunResponse(Response):
             await self._fail(send, LlmrunError("internal error in llmrun's server"))
             return
         body = json.dumps(self.output.body(response), ensure_ascii=False).encode()
+        self._answer = response
         await self._head(send, 200, [(b"content-type", b"application/json")])
         await self._body(send, body, more=False)
 
@@ -207,6 +215,7 @@ class RunResponse(Response):
                 await self._fail(send, failure)
                 return
             if not self._started:
+                self._answer = first
                 await self._open(send)
             if first is not None:
                 await self._body(send, output.chunk(first))
@@ -252,7 +261,9 @@ class RunResponse(Response):
 
     async def _head(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._started = True
-        await send({"type": "http.response.start", "status": status, "headers": [*headers, *self._extra]})
+        extra = [(k, v if isinstance(v, str) else v(self._answer)) for k, v in self._extra.items()]
+        headers = [*headers, *((k.lower().encode(), v.encode()) for k, v in extra if v is not None)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _body(self, send: Send, data: bytes, *, more: bool = True) -> None:
         if not more:

@@ -3,12 +3,15 @@
 `model` may be `RUNNER/MODEL`, `RUNNER:MODEL`, a bare runner name or alias (its default
 model), an alias from `[server.aliases]`, or a model id or alias one runner knows (e.g.
 `claude-haiku-4-5-20251001`, which is how clients that send real model names get through).
+Several of these separated by commas (`claude_code/sonnet,gemini/flash`), or the name of a
+`[routes.NAME]` of the config file, make a route: a runner that asks them in order (llmrun/routing.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .. import registry
 from ..errors import (
@@ -20,6 +23,7 @@ from ..errors import (
     RunnerNotFound,
     UnsupportedFeature,
 )
+from ..routing import CoolDown, is_route, route_of, route_tables
 from ..runners.base import Runner
 
 
@@ -37,7 +41,10 @@ class Target:
 
 
 class RunnerPool:
-    """One instance per runner, made on first use; `extra` adds or replaces runners by name."""
+    """One instance per runner, made on first use; `extra` adds or replaces runners by name.
+
+    `routes` are the `[routes.NAME]` tables (the config file's when None). Every route of the
+    pool shares one CoolDown, so a target that said "too many requests" rests for all requests."""
 
     def __init__(
         self,
@@ -45,12 +52,20 @@ class RunnerPool:
         extra: Mapping[str, Runner] | None = None,
         *,
         blocked: Mapping[str, str] | None = None,
+        routes: Mapping[str, Any] | None = None,
     ) -> None:
         self.aliases = dict(aliases or {})
         self.extra = dict(extra or {})
         self.blocked = dict(blocked or {})
         """Runner name → why this server cannot use it."""
         self._made: dict[str, Runner] = {}
+        if routes is None:
+            from ..config import load_file
+
+            routes = load_file().get("routes", {})
+        self.route_config: dict[str, Any] = {"routes": routes}
+        self.routes = route_tables(self.route_config)  # checked when the server starts, not at a request
+        self.cool_down = CoolDown()
 
     def names(self) -> list[str]:
         names = list(self.extra)
@@ -92,6 +107,9 @@ class RunnerPool:
         if not requested:
             raise InvalidRequest("`model` is required: RUNNER/MODEL, RUNNER:MODEL, a runner name or an alias")
         spec = self.aliases.get(requested, requested)
+        if is_route(spec, self.routes):
+            route = route_of(spec, config=self.route_config, get_runner=self.get, cool_down=self.cool_down)
+            return Target(route, None, requested)
         for sep in ("/", ":"):
             if sep in spec:
                 name, _, model_name = spec.partition(sep)
