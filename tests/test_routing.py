@@ -544,6 +544,11 @@ def test_the_daemon_answers_a_route_and_says_who_answered(oai: openai.OpenAI, ru
     assert [r.model for r in runners["first"].requests] == ["big"]
 
 
+def test_the_daemon_lists_the_routes_of_the_config_as_models(oai: openai.OpenAI) -> None:
+    listed = {model.id: model.owned_by for model in oai.models.list()}
+    assert listed["patient"] == "route"
+
+
 def test_the_daemon_streams_a_route_with_the_header(oai: openai.OpenAI) -> None:
     with oai.chat.completions.with_streaming_response.create(
         model="first,second", messages=[{"role": "user", "content": "hi"}], stream=True

@@ -134,7 +134,7 @@ class ServerState:
             return checked
 
     async def models(self) -> list[tuple[str, str, str]]:
-        """(id, runner, display name) of every model of every installed runner, then the aliases."""
+        """(id, runner, display name) of every model of every installed runner, then the aliases and routes."""
         found: list[tuple[str, str, str]] = []
         for name in self.pool.names():
             try:
@@ -150,6 +150,8 @@ class ServerState:
             found += [(f"{runner.name}/{m.id}", runner.name, m.name or m.id) for m in infos]
         for alias, spec in self.settings.aliases.items():
             found.append((alias, spec.partition("/")[0] or "alias", f"{alias} → {spec}"))
+        for name, targets in self.pool.routes.items():
+            found.append((name, "route", f"{name} → {', '.join(targets)}"))
         return found
 
 
