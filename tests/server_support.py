@@ -99,9 +99,8 @@ class LiveServer:
         self.stop()
 
 
-def children() -> list[int]:
-    """Live child processes of this test process (the daemon runs in a thread of it)."""
-    me = os.getpid()
+def live_processes(*, parent: int | None = None, group: int | None = None) -> list[int]:
+    """Live processes (from /proc) whose parent is `parent` and process group is `group`, where given."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -111,9 +110,16 @@ def children() -> list[int]:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] not in ("Z", "X") and int(fields[1]) == me:
+        if fields[0] in ("Z", "X"):
+            continue
+        if (parent is None or int(fields[1]) == parent) and (group is None or int(fields[2]) == group):
             found.append(int(entry))
     return found
+
+
+def children() -> list[int]:
+    """Live child processes of this test process (the daemon runs in a thread of it)."""
+    return live_processes(parent=os.getpid())
 
 
 def fake_children(binary: str = FAKE_CLAUDE) -> list[int]:

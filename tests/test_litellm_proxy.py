@@ -35,7 +35,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from llmrun.errors import RateLimitError
 from llmrun.types import ChatRequest
 
-from .server_support import LiveServer, ScriptedRunner, settings
+from .server_support import LiveServer, ScriptedRunner, live_processes, settings
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(600)]
 
@@ -159,7 +159,7 @@ class Proxy:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         self.process.wait(timeout=30)
-        assert not processes_in_group(group), "a process of the proxy was left behind"
+        assert not live_processes(group=group), "a process of the proxy was left behind"
 
     def tail(self, size: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
@@ -169,22 +169,6 @@ class Proxy:
         return openai.OpenAI(
             base_url=f"{self.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=120, default_headers=headers
         )
-
-
-def processes_in_group(group: int) -> list[int]:
-    """Live processes whose process group is `group` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == group:
-            found.append(int(entry))
-    return found
 
 
 @dataclass
