@@ -363,7 +363,7 @@ def main() -> None:
 
 from .serve import serve  # noqa: E402 - imports only typer; the server loads when it runs
 
-app.command(short_help="Serve the OpenAI and Anthropic APIs over the runners.")(serve)
+app.command(short_help="Serve the OpenAI, Anthropic and Ollama APIs and MCP over the runners.")(serve)
 
 from .mcp import mcp  # noqa: E402 - imports only typer; the mcp SDK loads when it runs
 

@@ -70,7 +70,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
-    """Serve the OpenAI and Anthropic APIs over the installed runners (needs `pip install 'llmrun[server]'`)."""
+    """Serve the OpenAI, Anthropic and Ollama APIs and MCP over the runners (needs `pip install 'llmrun[server]'`)."""
     from ..errors import ConfigError, LlmrunError
     from . import render
 

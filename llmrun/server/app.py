@@ -1,4 +1,4 @@
-"""The FastAPI application: routes of the OpenAI and Anthropic APIs over llmrun's runners."""
+"""The FastAPI application: the OpenAI, Anthropic and Ollama APIs and MCP over llmrun's runners."""
 
 from __future__ import annotations
 
