@@ -65,6 +65,8 @@ _EXPORTS: dict[str, str] = {
     "fan_out": "fanout",
     "Route": "routing",
     "CoolDown": "routing",
+    "usage_totals": "totals",
+    "UsageTotals": "totals",
     **dict.fromkeys(_TYPES, "types"),
     **dict.fromkeys(_ERRORS, "errors"),
 }
@@ -84,6 +86,8 @@ __all__ = [
     "fan_out",
     "Route",
     "CoolDown",
+    "usage_totals",
+    "UsageTotals",
     *_TYPES,
     *_ERRORS,
 ]
@@ -96,6 +100,7 @@ if TYPE_CHECKING:
     from .routing import CoolDown, Route
     from .runners.base import CliRunner, Parser, Runner
     from .tool_emulation import chat_with_tools, stream_with_tools
+    from .totals import UsageTotals, usage_totals
     from .types import *  # noqa: F403
 
 

@@ -46,6 +46,11 @@ OWNER_VARIABLE = "LLMRUN_OWNER"
 _live_groups: set[int] = set()
 
 
+def live_group_count() -> int:
+    """Tool process groups started and not yet reaped."""
+    return len(_live_groups)
+
+
 @atexit.register
 def kill_survivors() -> None:
     """SIGKILL the process group of every tool still running (at exit, whatever happened)."""

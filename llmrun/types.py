@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import totals
 from .errors import InvalidRequest
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -248,15 +249,23 @@ class ChatChunk(_Model):
         return self.finish_reason is not None
 
     def to_openai(
-        self, *, id: str | None = None, model: str | None = None, created: int | None = None
+        self,
+        *,
+        id: str | None = None,
+        model: str | None = None,
+        created: int | None = None,
+        tool_index: int | None = None,
     ) -> dict[str, Any]:
+        """This chunk as an OpenAI `chat.completion.chunk`. A chunk does not know how many tool
+        calls came before its own: a stream's caller numbers them (`tool_index`, from 0), or
+        every call gets index 0 and a client merges them into one."""
         delta: dict[str, Any] = {}
         if self.delta:
             delta["content"] = self.delta
         if self.thinking:
             delta["reasoning_content"] = self.thinking
         if self.tool_call is not None:
-            delta["tool_calls"] = [_openai_tool_call(self.tool_call, index=0)]
+            delta["tool_calls"] = [_openai_tool_call(self.tool_call, index=tool_index or 0)]
         out: dict[str, Any] = {
             "id": id or _completion_id(),
             "object": "chat.completion.chunk",
@@ -290,7 +299,7 @@ class ChatResponse(_Model):
     def from_chunks(cls, chunks: list[ChatChunk], *, runner: str = "", duration_ms: int = 0) -> ChatResponse:
         final = next((c for c in reversed(chunks) if c.is_final), None)
         model = next((c.model for c in reversed(chunks) if c.model), None)
-        return cls(
+        response = cls(
             content="".join(c.delta for c in chunks),
             thinking="".join(c.thinking for c in chunks),
             tool_calls=[c.tool_call for c in chunks if c.tool_call is not None],
@@ -304,6 +313,8 @@ class ChatResponse(_Model):
             duration_ms=duration_ms,
             warnings=[warning for c in chunks for warning in c.warnings],
         )
+        totals.record(response.usage, response.cost_usd)  # the one place every gathered run passes
+        return response
 
     def to_openai(self, *, id: str | None = None, created: int | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content or None}

@@ -177,6 +177,37 @@ def test_agent_tool_use_and_result_are_events_not_text() -> None:
     assert events[1].output == "mock-tool-ran" and events[1].id == events[0].id
 
 
+def test_structured_output_is_the_answer_as_json_text() -> None:
+    parser = ClaudeParser(structured=True)
+    lines = (CAPTURES / "mock-json-schema-stream.stdout").read_text().splitlines()
+    chunks = [c for line in lines for c in parser.feed(line)] + parser.close()
+    assert "".join(c.delta for c in chunks) == '{"name": "mock-name"}'  # not the preamble
+    assert not [c.agent_event for c in chunks if c.agent_event]  # claude's own mechanism, not an agent's act
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].cost_usd == pytest.approx(0.000235)
+
+
+def test_without_a_schema_the_same_output_reads_as_before() -> None:
+    chunks, _ = parse("mock-json-schema-stream")
+    assert "".join(c.delta for c in chunks) == "I will run a command."
+    assert chunks[-1].finish_reason == "tool_calls"
+
+
+def test_without_a_structured_output_the_held_text_is_the_answer() -> None:
+    parser = ClaudeParser(structured=True)
+    lines = (CAPTURES / "mock-stream-json-partial.stdout").read_text().splitlines()
+    chunks = [c for line in lines for c in parser.feed(line)] + parser.close()
+    assert [c.delta for c in chunks if c.delta] == ["Hello from mock"]
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_json_schema_run_answers_with_the_json(claude: FakeRun) -> None:
+    claude.scenario("mock-json-schema-stream")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    response = await get_runner("claude_code").complete(ChatRequest.of("give name", json_schema=schema))
+    assert json.loads(response.content) == {"name": "mock-name"}
+    assert response.finish_reason == "stop" and response.tool_calls == []
+
+
 def test_retries_are_reported_as_activity() -> None:
     chunks, parser = parse("mock-529-stream-partial-retries2")
     retries = [c.agent_event for c in chunks if c.agent_event and c.agent_event.kind == "retry"]

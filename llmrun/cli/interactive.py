@@ -24,6 +24,7 @@ from typing import Any, TextIO, TypeVar
 from ..errors import LlmrunError
 from ..runners.base import Runner
 from ..sessions import ResumingSession, Session
+from ..totals import usage_totals
 from ..types import ChatResponse
 from . import render, state
 from .chat import ChatOptions, Interrupted, answer
@@ -73,12 +74,17 @@ class Conversation:
             import readline  # noqa: F401 - gives input() line editing and history
         except ImportError:  # pragma: no cover - platforms without readline
             pass
+        begun = usage_totals()
         try:
             self.note(self.banner())
             self.start()
             return self._converse()
         finally:
             self.close()
+            spent = usage_totals() - begun
+            if self.opts.usage and spent.requests > 1:  # one answer's line already says it all
+                sep = " · " if render.unicode_ok(self.err) else " | "
+                render.print_usage(self.err, render.totals_line(spent, sep))
 
     def _converse(self) -> int:
         armed = False  # the last key was Ctrl-C: one more leaves

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
 
+    from ..totals import UsageTotals
     from ..types import AgentEvent, ChatChunk, ChatResponse
 
 DIM = "\x1b[2m"
@@ -258,6 +259,17 @@ def usage_line(
         timing += f" (first token {first_output:.2f} s)"
     parts.append(timing)
     parts.append(f"{response.model or 'model not reported'} via {response.runner or runner}")
+    return sep.join(parts)
+
+
+def totals_line(totals: UsageTotals, sep: str = " · ") -> str:
+    """What the answers of a conversation added up to, for `--usage` when it ends."""
+    tokens = f"{totals.input_tokens:,} in"
+    if totals.cache_read_tokens:
+        tokens += f" (+{totals.cache_read_tokens:,} cache read)"
+    parts = [f"total of {totals.requests} answers", f"tokens: {tokens}, {totals.output_tokens:,} out"]
+    if totals.cost_usd:
+        parts.append(f"${totals.cost_usd:.4f}")
     return sep.join(parts)
 
 

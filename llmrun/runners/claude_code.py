@@ -13,12 +13,12 @@ Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import private, process
 from ..errors import ProcessFailed, RunnerError, SessionNotFound
 from ..prompting import prompt_for
-from ..types import Capabilities, ChatRequest
+from ..types import Capabilities, ChatChunk, ChatRequest
 from .base import CliRunner, Parser
 from .stream_json import StreamJsonParser
 
@@ -38,8 +38,59 @@ OPTION_FLAGS = {
 }
 
 
+# With --json-schema, claude answers through this tool of its own; its input is the answer.
+STRUCTURED_OUTPUT_TOOL = "StructuredOutput"
+
+
 class ClaudeParser(StreamJsonParser):
+    """stream-json, plus claude's structured output when the request has a JSON schema.
+
+    Claude then writes a preamble ("I will return ...") and calls its StructuredOutput
+    tool; the `result` line holds the validated object. The answer is that object as JSON
+    text with finish_reason "stop": the preamble is held back (it cannot be taken back once
+    streamed), and the tool's call and result are no agent events. Without a structured
+    output (claude gave up), the held text is the answer.
+    """
+
     login_hint = "run `claude auth login`, or set ANTHROPIC_API_KEY"
+
+    def __init__(self, *, structured: bool = False) -> None:
+        super().__init__()
+        self.structured = structured
+        self._held_text: list[str] = []
+        self._structured_call_ids: set[str | None] = set()
+        self._structured_output: str | None = None
+
+    def feed(self, line: str) -> list[ChatChunk]:
+        chunks = super().feed(line)
+        return self._structured_answer(chunks) if self.structured else chunks
+
+    def _result(self, event: dict[str, Any]) -> list[ChatChunk]:
+        if self.structured and "structured_output" in event:
+            self._structured_output = json.dumps(event["structured_output"], ensure_ascii=False)
+        return super()._result(event)
+
+    def _structured_answer(self, chunks: list[ChatChunk]) -> list[ChatChunk]:
+        out: list[ChatChunk] = []
+        for chunk in chunks:
+            event = chunk.agent_event
+            if event is not None and event.kind == "tool_use" and event.name == STRUCTURED_OUTPUT_TOOL:
+                self._structured_call_ids.add(event.id)
+            elif event is not None and event.kind == "tool_result" and event.id in self._structured_call_ids:
+                pass
+            elif chunk.delta:
+                self._held_text.append(chunk.delta)
+                rest = chunk.model_copy(update={"delta": ""})
+                if rest != ChatChunk():
+                    out.append(rest)
+            elif chunk.is_final:
+                answer = self._structured_output
+                if text := answer if answer is not None else "".join(self._held_text):
+                    out.append(ChatChunk(delta=text))
+                out.append(chunk if answer is None else chunk.model_copy(update={"finish_reason": "stop"}))
+            else:
+                out.append(chunk)
+        return out
 
 
 class ClaudeCodeRunner(CliRunner):
@@ -106,7 +157,7 @@ class ClaudeCodeRunner(CliRunner):
         )
 
     def new_parser(self, request: ChatRequest) -> Parser:
-        return ClaudeParser()
+        return ClaudeParser(structured=request.json_schema is not None)
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.base import warm_argv

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
-from . import attachments
+from . import attachments, request_ids
 from .common import SSE, check_fields, error_headers, expect, expect_list, model_name, public_message, tool_schema
 
 _ERROR_TYPES = {
@@ -46,7 +46,8 @@ def error_body(exc: LlmrunError, request_id: str) -> dict[str, Any]:
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex[:24]}"
+    """The id of the request being answered (`x-request-id`), else a new one."""
+    return request_ids.current_id() or f"req_{uuid.uuid4().hex[:24]}"
 
 
 def error_response_parts(exc: LlmrunError) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -24,7 +24,17 @@ from ..errors import InvalidRequest, LlmrunError, RunnerError
 from ..routing import Route, route_header
 from ..runners.base import Runner
 from ..types import HealthReport
-from . import anthropic_api, conversations, mcp_api, multiplex, ollama_api, openai_api, responses_api
+from . import (
+    anthropic_api,
+    conversations,
+    mcp_api,
+    metrics,
+    multiplex,
+    ollama_api,
+    openai_api,
+    request_ids,
+    responses_api,
+)
 from .attachments import fetch_images
 from .common import MethodNotAllowed, PathNotFound, parse_json_body
 from .limits import Limiter
@@ -359,7 +369,10 @@ def create_app(
             allow_headers=[
                 *("authorization", "x-api-key", "content-type", "anthropic-version", SESSION_HEADER),
                 *("mcp-session-id", "mcp-protocol-version", "last-event-id"),  # MCP clients in a browser
+                "x-request-id",
             ],
-            expose_headers=["mcp-session-id"],
+            expose_headers=["mcp-session-id", "x-request-id"],
         )
+    metrics.mount(app, state)
+    request_ids.install(app)  # the outermost middleware: every answer, refusals included, carries the id
     return app

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import InvalidRequest, LlmrunError, ServiceUnavailable
-
-T = TypeVar("T")
+from ..openai_format import expect as expect  # request checks every dialect shares
+from ..openai_format import expect_list as expect_list
+from ..openai_format import tool_schema as tool_schema
 
 
 class Unauthorized(LlmrunError):
@@ -81,23 +82,6 @@ def error_headers(exc: LlmrunError) -> dict[str, str]:
     if isinstance(exc, Unauthorized):
         headers["www-authenticate"] = "Bearer"
     return headers
-
-
-def expect(value: Any, kind: type[T], where: str) -> T:
-    if not isinstance(value, kind):
-        raise InvalidRequest(f"`{where}` must be {_kind_name(kind)}")
-    return value
-
-
-def expect_list(value: Any, where: str) -> list[Any]:
-    return expect(value, list, where)
-
-
-_KIND_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
-
-
-def _kind_name(kind: type) -> str:
-    return _KIND_NAMES.get(kind, kind.__name__)
 
 
 MAX_JSON_DEPTH = 64
@@ -191,32 +175,6 @@ def model_name(value: Any) -> str:
     if not name.isprintable():
         raise InvalidRequest("`model` holds control characters")
     return name
-
-
-def tool_schema(value: Any, where: str) -> dict[str, Any] | None:
-    """A tool's parameter schema, checked for the shape of its top level (null: none given).
-
-    The schema is an object; its `type` a string or a list of strings, its `properties` an
-    object of schemas and its `required` a list of strings. Deeper checks are the validator's.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"`{where}` must be a JSON schema object")
-    kind = value.get("type")
-    if kind is not None and not (
-        isinstance(kind, str) or (isinstance(kind, list) and all(isinstance(k, str) for k in kind))
-    ):
-        raise InvalidRequest(f"`{where}.type` must be a string or an array of strings")
-    properties = value.get("properties")
-    if properties is not None and not (
-        isinstance(properties, dict) and all(isinstance(p, (dict, bool)) for p in properties.values())
-    ):
-        raise InvalidRequest(f"`{where}.properties` must be an object of schemas")
-    required = value.get("required")
-    if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
-        raise InvalidRequest(f"`{where}.required` must be an array of property names")
-    return value
 
 
 LOGGED_TEXT_LIMIT = 300

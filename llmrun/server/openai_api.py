@@ -13,21 +13,23 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from .. import openai_format
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
-from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
+from ..openai_format import function_tools as function_tools  # the other dialects import these from here
+from ..openai_format import tool_arguments as tool_arguments
+from ..types import ChatChunk, ChatRequest, ChatResponse
 from . import attachments
 from .common import (
     SSE,
     SSE_PING,
     check_fields,
     error_headers,
-    expect,
     expect_list,
     model_name,
     public_message,
-    tool_schema,
 )
 
 _ERROR_TYPES = {
@@ -109,15 +111,16 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     raw_messages = expect_list(body.get("messages"), "messages")
     if not raw_messages:
         raise InvalidRequest("`messages` must not be empty")
-    messages = _messages(raw_messages, fetch_image_urls)
+    read_image = partial(attachments.image_from_url, fetch_image_urls=fetch_image_urls)
+    messages = openai_format.messages(raw_messages, read_image)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     request = ChatRequest(
         messages=messages,
         temperature=_number(body.get("temperature"), "temperature"),
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
         tools=function_tools(body.get("tools")),
-        tool_choice=_tool_choice(body.get("tool_choice")),
-        json_schema=_response_format(body.get("response_format")),
+        tool_choice=openai_format.tool_choice(body.get("tool_choice")),
+        json_schema=openai_format.response_format(body.get("response_format")),
     )
     stream = bool(body.get("stream"))
     options = body.get("stream_options") or {}
@@ -134,150 +137,7 @@ def _number(value: Any, name: str) -> float | None:
     return float(value)
 
 
-def _messages(raw: list[Any], fetch_image_urls: bool) -> list[Message]:
-    out: list[Message] = []
-    names: dict[str, str] = {}  # tool call id → function name, for tool results
-    for index, item in enumerate(raw):
-        where = f"messages[{index}]"
-        item = expect(item, dict, where)
-        role = item.get("role")
-        name = item.get("name") if isinstance(item.get("name"), str) else None
-        if role in ("system", "developer"):
-            out.append(Message(role="system", content=_text_only(item.get("content"), where)))
-        elif role == "user":
-            content = _user_content(item.get("content"), where, fetch_image_urls)
-            out.append(Message(role="user", content=content, name=name))
-        elif role == "assistant":
-            calls = _tool_calls(item.get("tool_calls"), where)
-            for call in calls:
-                names[call.id] = call.name
-            text = _text_only(item.get("content"), where) if item.get("content") is not None else ""
-            out.append(Message(role="assistant", content=text, tool_calls=calls or None, name=name))
-        elif role in ("tool", "function"):
-            call_id = item.get("tool_call_id") or (name if role == "function" else None)
-            if not isinstance(call_id, str) or not call_id:
-                raise InvalidRequest(f"{where}: a tool message needs `tool_call_id`")
-            content = _text_only(item.get("content"), where)
-            out.append(Message(role="tool", content=content, tool_call_id=call_id, name=name or names.get(call_id)))
-        else:
-            raise InvalidRequest(f"{where}: unknown role {role!r}")
-    return out
-
-
-def _text_only(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = expect_list(content, f"{where}.content")
-    texts = []
-    for part in parts:
-        part = expect(part, dict, f"{where}.content[]")
-        if part.get("type") in ("text", "refusal"):
-            texts.append(str(part.get("text") or part.get("refusal") or ""))
-        else:
-            raise UnsupportedFeature(f"{where}: content of type {part.get('type')!r} is not supported here")
-    return "".join(texts)
-
-
-def _user_content(content: Any, where: str, fetch_image_urls: bool) -> str | list[ContentPart]:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts: list[ContentPart] = []
-    for part in expect_list(content, f"{where}.content"):
-        part = expect(part, dict, f"{where}.content[]")
-        kind = part.get("type")
-        if kind == "text":
-            parts.append(TextPart(text=str(part.get("text") or "")))
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            parts.append(attachments.image_from_url(url, where, fetch_image_urls=fetch_image_urls))
-        else:
-            raise UnsupportedFeature(f"{where}: content of type {kind!r} is not supported")
-    return parts
-
-
-def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
-    if raw is None:
-        return []
-    calls = []
-    for call in expect_list(raw, f"{where}.tool_calls"):
-        call = expect(call, dict, f"{where}.tool_calls[]")
-        function = expect(call.get("function"), dict, f"{where}.tool_calls[].function")
-        parsed = tool_arguments(function.get("arguments"), where)
-        fields: dict[str, Any] = {"name": str(function.get("name") or ""), "arguments": parsed}
-        if isinstance(call.get("id"), str):
-            fields["id"] = call["id"]
-        calls.append(ToolCall(**fields))
-    return calls
-
-
-def tool_arguments(raw: Any, where: str) -> dict[str, Any]:
-    """A tool call's arguments, sent as a JSON string (or already an object), as an object."""
-    try:
-        arguments = json.loads(raw or "{}") if isinstance(raw, str) or raw is None else raw
-    except ValueError:
-        raise InvalidRequest(f"{where}: tool call arguments are not JSON") from None
-    return arguments if isinstance(arguments, dict) else {"value": arguments}
-
-
-def function_tools(raw: Any) -> list[ToolSpec] | None:
-    if not raw:
-        return None
-    tools = []
-    for tool in expect_list(raw, "tools"):
-        tool = expect(tool, dict, "tools[]")
-        if tool.get("type", "function") != "function":
-            raise UnsupportedFeature(f"tools of type {tool.get('type')!r} are not supported; only functions")
-        function = expect(tool.get("function"), dict, "tools[].function")
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("every tool needs a function name")
-        spec: dict[str, Any] = {"name": name, "description": str(function.get("description") or "")}
-        parameters = tool_schema(function.get("parameters"), "tools[].function.parameters")
-        if parameters is not None:
-            spec["parameters"] = parameters
-        tools.append(ToolSpec(**spec))
-    return tools
-
-
-def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
-    if raw is None or isinstance(raw, str):
-        return raw
-    return expect(raw, dict, "tool_choice")
-
-
-def _response_format(raw: Any) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    raw = expect(raw, dict, "response_format")
-    kind = raw.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind == "json_schema":
-        spec = expect(raw.get("json_schema"), dict, "response_format.json_schema")
-        schema = spec.get("schema")
-        return schema if isinstance(schema, dict) else {"type": "object"}
-    raise UnsupportedFeature(f"response_format of type {kind!r} is not supported")
-
-
 # --- responses ----------------------------------------------------------------------------
-
-
-def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
-    }
-    if index is not None:
-        out["index"] = index
-    return out
 
 
 class Output:
@@ -322,13 +182,9 @@ class Output:
         return self._event({"role": "assistant", "content": ""})
 
     def chunk(self, chunk: ChatChunk) -> bytes:
-        delta: dict[str, Any] = {}
-        if chunk.thinking:
-            delta["reasoning_content"] = chunk.thinking
-        if chunk.delta:
-            delta["content"] = chunk.delta
+        rendered = chunk.to_openai(id=self.id, created=self.created, tool_index=self._tool_index)
+        delta: dict[str, Any] = rendered["choices"][0]["delta"]
         if chunk.tool_call is not None:
-            delta["tool_calls"] = [_tool_call_json(chunk.tool_call, self._tool_index)]
             self._tool_index += 1
         if chunk.finish_reason is not None:
             self._finish = chunk.finish_reason

@@ -27,6 +27,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from .. import private, process
 from ..errors import ConfigError
 from ..runners.base import Runner
+from . import request_ids
 from .app import ServerState, create_app
 from .settings import ServerSettings
 
@@ -239,7 +240,8 @@ def _configure_logging(level: str) -> None:
     logger = logging.getLogger("llmrun")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler.setFormatter(logging.Formatter("%(levelname)s:     [%(request_id)s] %(message)s"))
+        handler.addFilter(request_ids.LOG_FILTER)  # records of any logger below llmrun get the id
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level.upper())

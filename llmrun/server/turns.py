@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from ..errors import SessionNotFound, UnsupportedFeature
 from ..prompting import new_turns
@@ -107,6 +107,13 @@ def _emulation() -> Any:
         ) from None
 
 
+class RunObserver(Protocol):
+    """Watches every turn: counts, times and traces it (server/metrics.py)."""
+
+    def stream(self, turn: Turn, chunks: AsyncGenerator[ChatChunk, None]) -> AsyncGenerator[ChatChunk, None]: ...
+    def complete(self, turn: Turn, response: Awaitable[ChatResponse]) -> Awaitable[ChatResponse]: ...
+
+
 class Engine:
     def __init__(
         self, settings: ServerSettings, pool: RunnerPool, limiter: Limiter, store: SessionStore, warm: WarmPool
@@ -117,6 +124,7 @@ class Engine:
         self.store = store
         self.warm = warm
         self._conversation_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self.observer: RunObserver | None = None
 
     # --- admission -------------------------------------------------------------------------
 
@@ -220,8 +228,12 @@ class Engine:
             return stream_with_tools(runner, request)
         return runner.stream(request)
 
-    async def stream(self, turn: Turn) -> AsyncGenerator[ChatChunk, None]:
+    def stream(self, turn: Turn) -> AsyncGenerator[ChatChunk, None]:
         """The run's chunks; the slot and the process live exactly as long as this generator."""
+        run = self._run(turn)
+        return run if self.observer is None else self.observer.stream(turn, run)
+
+    async def _run(self, turn: Turn) -> AsyncGenerator[ChatChunk, None]:
         started = time.monotonic()
         runner = turn.runner
         if turn.request.tools:
@@ -323,6 +335,11 @@ class Engine:
             entry.conversation = turn.conversation.after(turn.runner.name, turn.request, answer.message())
 
     async def complete(self, turn: Turn) -> ChatResponse:
+        if turn.request.tools and self.observer is not None:  # other turns are watched in stream()
+            return await self.observer.complete(turn, self._complete(turn))
+        return await self._complete(turn)
+
+    async def _complete(self, turn: Turn) -> ChatResponse:
         started = time.monotonic()
         if not turn.request.tools:
             chunks = []
