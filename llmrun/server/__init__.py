@@ -1,4 +1,4 @@
-"""`llmrun serve`: the OpenAI- and Anthropic-compatible daemon over llmrun's runners.
+"""`llmrun serve`: the daemon speaking the OpenAI, Anthropic and Ollama APIs and MCP over llmrun's runners.
 
 Needs the `server` extra (`pip install 'llmrun[server]'`: FastAPI and uvicorn); nothing
 else in llmrun imports this package.

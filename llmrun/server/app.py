@@ -219,7 +219,7 @@ def create_app(
     app = FastAPI(
         title="llmrun",
         version=__version__,
-        description="OpenAI- and Anthropic-compatible API over the AI command-line tools on this machine.",
+        description="The OpenAI, Anthropic and Ollama APIs and MCP over the AI command-line tools on this machine.",
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
