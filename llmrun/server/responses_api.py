@@ -225,7 +225,7 @@ def _input(raw: Any, fetch_image_urls: bool) -> list[Message]:
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise InvalidRequest(f"{where}: a {kind} item needs `call_id`")
-            content = _tool_output(item.get("output"), where)
+            content = _parts(item.get("output"), where, "output", fetch_image_urls=False)
             out.append(Message(role="tool", content=content, tool_call_id=call_id))
         elif kind not in _SKIPPED_ITEMS:
             raise UnsupportedFeature(f"{where}: input items of type {kind!r} are not supported")
@@ -240,7 +240,7 @@ def _message(item: dict[str, Any], where: str, fetch_image_urls: bool) -> Messag
     if role == "assistant":
         return Message(role="assistant", content=_text(content, where))
     if role == "user":
-        return Message(role="user", content=_user_content(content, where, fetch_image_urls))
+        return Message(role="user", content=_parts(content, where, "content", fetch_image_urls))
     raise InvalidRequest(f"{where}: unknown role {role!r}")
 
 
@@ -260,12 +260,13 @@ def _text(content: Any, where: str) -> str:
     return "".join(texts)
 
 
-def _user_content(content: Any, where: str, fetch_image_urls: bool) -> str | list[ContentPart]:
+def _parts(content: Any, where: str, field: str, fetch_image_urls: bool) -> str | list[ContentPart]:
+    """A message's content or a tool's output (`field`): a string, or text and `input_image` parts."""
     if content is None or isinstance(content, str):
         return content or ""
     parts: list[ContentPart] = []
-    for part in expect_list(content, f"{where}.content"):
-        part = expect(part, dict, f"{where}.content[]")
+    for part in expect_list(content, f"{where}.{field}"):
+        part = expect(part, dict, f"{where}.{field}[]")
         if part.get("type") == "input_image":
             parts.append(_image(part, where, fetch_image_urls))
         else:
@@ -277,19 +278,6 @@ def _image(part: dict[str, Any], where: str, fetch_image_urls: bool) -> ImagePar
     if part.get("image_url") is None and part.get("file_id") is not None:
         raise UnsupportedFeature(f"{where}: images by file_id are not supported; send them as data URLs")
     return attachments.image_from_url(part.get("image_url"), where, fetch_image_urls=fetch_image_urls)
-
-
-def _tool_output(output: Any, where: str) -> str | list[ContentPart]:
-    if output is None or isinstance(output, str):
-        return output or ""
-    parts: list[ContentPart] = []
-    for part in expect_list(output, f"{where}.output"):
-        part = expect(part, dict, f"{where}.output[]")
-        if part.get("type") == "input_image":
-            parts.append(_image(part, where, fetch_image_urls=False))
-        else:
-            parts.append(TextPart(text=_text([part], where)))
-    return parts
 
 
 def _call(item: dict[str, Any], where: str) -> ToolCall:
