@@ -144,6 +144,15 @@ class ChatRequest(_Model):
     """System prompt; joined after any system messages in `messages`."""
     temperature: float | None = None
     max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    """Stop sequences: the answer ends before the first one (llmrun enforces this for every runner)."""
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    strict_params: bool = False
+    """Refuse (UnsupportedFeature) a sampling parameter the runner cannot honour, rather than
+    running without it and saying so in the response's `warnings`."""
     tools: list[ToolSpec] | None = None
     tool_choice: str | dict[str, Any] | None = None
     json_schema: dict[str, Any] | None = None
