@@ -45,6 +45,7 @@ _ERRORS = (
     "RunnerTimeout",
     "ProcessFailed",
     "OutputParseError",
+    "StructuredOutputError",
     "OutputTooLarge",
     "Cancelled",
     "UnsupportedFeature",

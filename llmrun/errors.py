@@ -129,6 +129,10 @@ class OutputParseError(RunnerError):
     http_status = 502
 
 
+class StructuredOutputError(OutputParseError):
+    """The answer held no JSON matching the request's schema, also when the tool was asked again."""
+
+
 class OutputTooLarge(RunnerError):
     exit_code = 13
     http_status = 502

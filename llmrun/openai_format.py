@@ -9,7 +9,7 @@ naming where it is; a part llmrun cannot use is an UnsupportedFeature, never dro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .errors import InvalidRequest, UnsupportedFeature
@@ -202,3 +202,27 @@ def response_format(raw: Any) -> dict[str, Any] | None:
         schema = spec.get("schema")
         return schema if isinstance(schema, dict) else {"type": "object"}
     raise UnsupportedFeature(f"response_format of type {kind!r} is not supported")
+
+
+SAMPLING_FIELDS = {
+    "temperature": "number",
+    "top_p": "number",
+    "seed": "integer",
+    "frequency_penalty": "number",
+    "presence_penalty": "number",
+}
+"""The sampling fields OpenAI, Anthropic and Ollama share (with `stop` under a name of each API's own)."""
+
+
+def sampling(raw: Mapping[str, Any], *, stop: str = "stop") -> dict[str, Any]:
+    """The ChatRequest sampling fields of a request body (its types checked with SAMPLING_FIELDS);
+    `stop` names the field of the stop sequences, a string or a list of strings."""
+    fields: dict[str, Any] = {name: raw[name] for name in SAMPLING_FIELDS if raw.get(name) is not None}
+    stops = raw.get(stop)
+    if isinstance(stops, str):
+        stops = [stops]
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise InvalidRequest(f"`{stop}` must be a string or an array of strings")
+        fields["stop"] = stops or None
+    return fields

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .errors import InvalidRequest, ProcessFailed, RunnerError, RunnerTimeout, UnsupportedFeature
 from .prompting import new_turns
-from .types import ChatChunk, ChatRequest, ChatResponse, Message
+from .types import SAMPLING_PARAMETERS, ChatChunk, ChatRequest, ChatResponse, Message
 
 if TYPE_CHECKING:
     from .runners.base import Runner
@@ -100,9 +100,18 @@ class Session(ABC):
     async def start(self) -> None:  # noqa: B027 - only warm sessions have something to start
         """Start the tool now rather than at the first turn (pre-warming)."""
 
-    async def stream(self, prompt: Prompt) -> AsyncGenerator[ChatChunk, None]:
+    def stream(self, prompt: Prompt) -> AsyncGenerator[ChatChunk, None]:
         """The answer to one turn, chunk by chunk; the last chunk has finish_reason."""
         request = self._request_for(prompt)
+        return self._with_parameters(request, self._turn_chunks(request))
+
+    def _with_parameters(
+        self, request: ChatRequest, chunks: AsyncGenerator[ChatChunk, None]
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """The turn with its sampling parameters applied (runs of the tool apply them themselves)."""
+        return chunks
+
+    async def _turn_chunks(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         async with self._lock:
             if self._closed:
                 raise InvalidRequest("the session is closed", runner=self.runner.name)
@@ -243,7 +252,7 @@ class Session(ABC):
             messages = new_turns(prompt.messages) if begun else prompt.conversation()
             limits = {
                 key: value
-                for key in ("timeout", "stall_timeout", "json_schema")
+                for key in ("timeout", "stall_timeout", "json_schema", "strict_params", *SAMPLING_PARAMETERS)
                 if (value := getattr(prompt, key)) is not None
             }
         if not any(m.text.strip() or m.images for m in messages):
@@ -267,9 +276,7 @@ class Session(ABC):
                     return RunnerTimeout(
                         f"the turn exceeded its {turn.timeout:g} s time limit", runner=self.runner.name
                     )
-                return RunnerTimeout(
-                    f"no output for {turn.stall_timeout:g} s (stall timeout)", runner=self.runner.name
-                )
+                return RunnerTimeout(f"no output for {turn.stall_timeout:g} s (stall timeout)", runner=self.runner.name)
             turn.last_output = time.monotonic()
             return item
 
@@ -409,6 +416,14 @@ class WarmSession(Session):
 
     def _stall_timeout(self, request: ChatRequest) -> float | None:
         return request.stall_timeout or getattr(self.runner, "stall_timeout", None)
+
+    def _with_parameters(
+        self, request: ChatRequest, chunks: AsyncGenerator[ChatChunk, None]
+    ) -> AsyncGenerator[ChatChunk, None]:
+        # The process was started before this turn: only what llmrun enforces can apply.
+        from .parameters import enforced
+
+        return enforced(self.runner, request, chunks, honoured={})
 
     async def _stop_turn(self) -> None:
         if self._connection is not None:

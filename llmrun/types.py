@@ -136,6 +136,10 @@ def check_session_id(session_id: str, *, runner: str | None = None) -> str:
     raise InvalidRequest(f"session id {shown!r} {problem}", runner=runner)
 
 
+SAMPLING_PARAMETERS = ("temperature", "max_tokens", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty")
+"""The request's fields that tune the model's sampling (see llmrun/parameters.py)."""
+
+
 class ChatRequest(_Model):
     messages: list[Message]
     model: str | None = None

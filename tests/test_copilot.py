@@ -165,8 +165,6 @@ def test_unsupported_requests_are_refused_not_dropped() -> None:
     with pytest.raises(llmrun.UnsupportedFeature):
         runner.check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
     with pytest.raises(llmrun.UnsupportedFeature):
-        runner.check_request(ChatRequest.of("hi", json_schema={"type": "object"}))
-    with pytest.raises(llmrun.UnsupportedFeature):
         runner.check_request(ChatRequest(messages=[Message.user("x", images=[llmrun.ImagePart(url="http://i")])]))
 
 

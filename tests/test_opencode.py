@@ -211,8 +211,6 @@ def test_unsupported_requests_are_refused_not_dropped() -> None:
     runner = OpencodeRunner()
     with pytest.raises(llmrun.UnsupportedFeature):
         runner.check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
-    with pytest.raises(llmrun.UnsupportedFeature):
-        runner.check_request(ChatRequest.of("hi", json_schema={"type": "object"}))
 
 
 # --- reading the captured output ---------------------------------------------------------

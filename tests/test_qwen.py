@@ -215,8 +215,6 @@ def test_prompt_over_what_qwen_reads_from_stdin_is_refused(monkeypatch: pytest.M
 def test_unsupported_requests_are_refused_not_dropped() -> None:
     with pytest.raises(llmrun.UnsupportedFeature):
         QwenRunner().check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
-    with pytest.raises(llmrun.UnsupportedFeature):
-        QwenRunner().check_request(ChatRequest.of("hi", json_schema={"type": "object"}))
 
 
 # --- the settings file: llmrun's defaults under the machine's own ---------------------------

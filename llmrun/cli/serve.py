@@ -32,6 +32,11 @@ def serve(
     allow_tools: Optional[bool] = typer.Option(
         None, "--allow-tools", help="Let the tools use their own agent tools (shell, file edits). Off by default."
     ),
+    strict_params: Optional[bool] = typer.Option(
+        None,
+        "--strict-params",
+        help="Refuse sampling parameters a runner cannot honour (default: run without them, header says which).",
+    ),
     max_concurrency: Optional[int] = typer.Option(
         None, "--max-concurrency", metavar="N", help="Tool processes at once, all runners (default 8)."
     ),
@@ -80,6 +85,7 @@ def serve(
         "api_key": api_key,
         "tools": tools.value if tools is not None else None,
         "allow_tools": allow_tools,
+        "strict_params": strict_params,
         "max_concurrency": max_concurrency,
         "max_per_runner": max_per_runner,
         "max_queue": max_queue,

@@ -187,6 +187,9 @@ class Runner(ABC):
     """(model id, aliases) pairs known without asking the tool."""
     cannot_lock_down: ClassVar[str] = ""
     """What of the tool's own agent llmrun cannot switch off (shown by `llmrun runners`)."""
+    honoured_parameters: ClassVar[dict[str, str]] = {}
+    """The sampling parameters the tool itself honours, and how (a flag, a setting): see
+    llmrun/parameters.py. llmrun enforces `stop`, and `max_tokens` where the tool cannot."""
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """The whole answer; by construction the same as concatenating `stream()`."""
@@ -409,8 +412,6 @@ class CliRunner(Runner):
             )
         if not self.capabilities.images and any(m.images for m in request.messages):
             raise UnsupportedFeature(f"{self.display_name} does not take images through llmrun", runner=self.name)
-        if request.json_schema is not None and not self.capabilities.json_schema:
-            raise UnsupportedFeature(f"{self.display_name} has no structured output option", runner=self.name)
 
     def prepared_invocation(self, request: ChatRequest) -> process.Invocation:
         """The tool's invocation for a request, with the settings' extra arguments and env.
@@ -424,7 +425,19 @@ class CliRunner(Runner):
         invocation.env = {**self.env, **invocation.env}
         return invocation
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        from .. import parameters, structured
+
+        def run(request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+            return parameters.enforced(self, request, self._run(request))
+
+        if request.json_schema is None:
+            return run(request)
+        native = self.capabilities.json_schema
+        return structured.validated(request, run, native=native, resumable=self.capabilities.sessions, runner=self.name)
+
+    async def _run(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        """One run of the tool, its output as chunks."""
         self.check_request(request)
         parser = self.new_parser(request)
         limits = self.limits_for(request)

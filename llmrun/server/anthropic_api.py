@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .. import openai_format
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..types import ChatChunk, ChatRequest, ChatResponse, ContentPart, Message, TextPart, ToolCall, ToolSpec
 from . import attachments, request_ids
@@ -71,7 +72,8 @@ FIELDS = {
     "system": "string|array",
     "max_tokens": "integer",
     "stream": "boolean",
-    "temperature": "number",
+    **openai_format.SAMPLING_FIELDS,
+    "stop_sequences": "array",
     "tools": "array",
     "tool_choice": "object",
     "metadata": "object",
@@ -86,15 +88,12 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     raw_messages = expect_list(body.get("messages"), "messages")
     if not raw_messages:
         raise InvalidRequest("messages: at least one message is required")
-    temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-        raise InvalidRequest("temperature: expected a number")
     max_tokens = body.get("max_tokens")
     request = ChatRequest(
         messages=_messages(raw_messages, fetch_image_urls),
         system=_system(body.get("system")),
-        temperature=float(temperature) if temperature is not None else None,
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
+        **openai_format.sampling(body, stop="stop_sequences"),
         tools=_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
     )

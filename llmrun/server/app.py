@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import InvalidRequest, LlmrunError, RunnerError
+from ..parameters import ignored_params_header
 from ..routing import Route, route_header
 from ..runners.base import Runner
 from ..types import HealthReport
@@ -113,6 +114,7 @@ class ServerState:
     def answer(self, output: Output, turn: Turn, *, headers: dict[str, str] | None = None) -> RunResponse:
         """The response that runs `turn` and renders it with `output`: a stream or one body."""
         sent: dict[str, str | AnswerHeader] = {"x-llmrun-runner": turn.runner.name, **(headers or {})}
+        sent["x-llmrun-ignored-params"] = ignored_params_header
         if isinstance(turn.runner, Route):
             sent["x-llmrun-route"] = route_header  # who answered, once the answer has begun
         if turn.stream:

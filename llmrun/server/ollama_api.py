@@ -11,8 +11,10 @@ Models are named as in `/v1/models` (`runner/model` or an alias); Ollama's `:lat
 dropped. `format` ("json" or a JSON schema) asks for structured output, `tools` go through
 llmrun's tool emulation and come back as `message.tool_calls` with arguments as an object,
 images are base64 strings, `think: false` leaves the tool's thinking out. Of `options`,
-`temperature` and `num_predict` are used; the others (sampling, context size, GPU) and
-`keep_alive` are accepted and ignored, as the tools decide them. A generate request with
+`temperature`, `top_p`, `seed`, `stop`, the penalties and `num_predict` (as max_tokens) are
+the request's sampling parameters (llmrun/parameters.py: honoured, or named in the
+x-llmrun-ignored-params header); the others (top_k, context size, GPU) and `keep_alive` are
+accepted and left to the tool, which decides them. A generate request with
 an empty prompt answers at once with `done_reason: "load"`, as Ollama does to preload a model.
 
 What cannot work is refused clearly: a generate `template` (the tools format their own
@@ -37,7 +39,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import __version__
+from .. import __version__, openai_format
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..images import is_data_url
 from ..runners.base import Runner
@@ -116,7 +118,7 @@ GENERATE_FIELDS = {
     "raw": "boolean",
     "images": "array",
 }
-OPTION_FIELDS = {"temperature": "number", "num_predict": "integer"}
+OPTION_FIELDS = {**openai_format.SAMPLING_FIELDS, "stop": "array", "num_predict": "integer"}
 
 
 def resolvable_name(model: str) -> str:
@@ -177,10 +179,9 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
     """The ChatRequest fields of `options` and `format`."""
     options = body.get("options") or {}
     check_fields(options, OPTION_FIELDS)
-    temperature = options.get("temperature")
     num_predict = options.get("num_predict")
     return {
-        "temperature": float(temperature) if temperature is not None else None,
+        **openai_format.sampling(options),
         # A negative num_predict means no limit.
         "max_tokens": num_predict if isinstance(num_predict, int) and num_predict > 0 else None,
         "json_schema": _format(body.get("format")),

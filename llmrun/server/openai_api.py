@@ -90,7 +90,8 @@ FIELDS = {
     "stream_options": "object",
     "max_tokens": "integer",
     "max_completion_tokens": "integer",
-    "temperature": "number",
+    **openai_format.SAMPLING_FIELDS,
+    "stop": "string|array",
     "tools": "array",
     "tool_choice": "string|object",
     "response_format": "object",
@@ -116,8 +117,8 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     request = ChatRequest(
         messages=messages,
-        temperature=_number(body.get("temperature"), "temperature"),
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
+        **openai_format.sampling(body),
         tools=function_tools(body.get("tools")),
         tool_choice=openai_format.tool_choice(body.get("tool_choice")),
         json_schema=openai_format.response_format(body.get("response_format")),
@@ -127,14 +128,6 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     include_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
     # `user` names an end user, not a conversation (see server/conversations.py): not used.
     return Parsed(request, model.strip(), stream, include_usage, models)
-
-
-def _number(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"`{name}` must be a number")
-    return float(value)
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -166,7 +159,7 @@ class Output:
 
     # --- streaming ---
 
-    def _event(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _event(self, delta: dict[str, Any], finish: str | None = None, warnings: list[str] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -176,6 +169,8 @@ class Output:
         }
         if self.include_usage:
             chunk["usage"] = None
+        if warnings:  # e.g. parameters the runner ignored: on the chunk that first says so
+            chunk["warnings"] = warnings
         return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
     def start(self) -> bytes:
@@ -190,7 +185,7 @@ class Output:
             self._finish = chunk.finish_reason
         if chunk.usage is not None:
             self._usage = chunk.usage.to_openai()
-        return self._event(delta) if delta else b""
+        return self._event(delta, warnings=chunk.warnings) if delta or chunk.warnings else b""
 
     def finish(self) -> bytes:
         finish = self._finish or ("tool_calls" if self._tool_index else "stop")

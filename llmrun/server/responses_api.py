@@ -27,8 +27,10 @@ Tools, per type:
 
 `tool_choice` is "auto", "none", "required", a named function or custom tool, or
 `allowed_tools` (the listed tools only, in its mode). `text.format` json_schema or
-json_object becomes the request's JSON schema. Accepted and not used, as their Chat
-Completions counterparts are: `reasoning` (effort, summary), `top_p`,
+json_object becomes the request's JSON schema. `temperature`, `top_p` and
+`max_output_tokens` are the request's sampling parameters (honoured, or named in the answer's
+x-llmrun-ignored-params header). Accepted and not used, as their Chat
+Completions counterparts are: `reasoning` (effort, summary),
 `parallel_tool_calls`, `metadata`, `user`, `include`, `truncation`, `prompt_cache_key`,
 `service_tier`, `stream_options`, `text.verbosity` and Codex's `client_metadata`.
 `background`, `conversation` and `prompt` (features of OpenAI's service) are refused.
@@ -61,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from .. import openai_format
 from ..errors import InvalidRequest, LlmrunError, UnsupportedFeature
 from ..types import (
     ChatChunk,
@@ -136,8 +139,7 @@ FIELDS = {
     "text": "object",
     "reasoning": "object",
     "max_output_tokens": "integer",
-    "temperature": "number",
-    "top_p": "number",
+    **openai_format.SAMPLING_FIELDS,
     "parallel_tool_calls": "boolean",
     "metadata": "object",
     "user": "string",
@@ -184,12 +186,11 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     messages = _input(raw_input, fetch_image_urls)
     tools, specs = _tools(body.get("tools"))
     choice, specs = _tool_choice(body.get("tool_choice"), tools, specs)
-    temperature = body.get("temperature")
     request = ChatRequest(
         messages=messages,
         system=body.get("instructions") or None,
-        temperature=float(temperature) if temperature is not None else None,
         max_tokens=body.get("max_output_tokens"),
+        **openai_format.sampling(body),
         tools=specs or None,
         tool_choice=choice if specs else None,
         json_schema=_text_format(body.get("text")),

@@ -5,6 +5,7 @@ host = "127.0.0.1"
 port = 8080
 tools = "emulate"                 # or "reject": requests with tools get a 400
 allow_tools = false               # let the tools use their own agent tools (shell, edits)
+strict_params = false             # refuse sampling parameters a runner cannot honour (default: run, say so)
 max_concurrency = 8               # tool processes at once, all runners together
 max_per_runner = 4                # tool processes at once, per runner
 max_queue = 64                    # requests waiting for a slot; more get a 429
@@ -93,6 +94,7 @@ class ServerSettings:
     api_key: str | None = None
     tools: ToolsMode = "emulate"
     allow_tools: bool = False
+    strict_params: bool = False
     max_concurrency: int = 8
     max_per_runner: int = 4
     max_queue: int = 64
@@ -195,6 +197,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "port": (int,),
     "tools": (str,),
     "allow_tools": (bool,),
+    "strict_params": (bool,),
     "max_concurrency": (int,),
     "max_per_runner": (int,),
     "max_queue": (int,),

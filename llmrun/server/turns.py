@@ -138,7 +138,13 @@ class Engine:
             )
         if request.tools:  # malformed tool schemas and tool_choice are refused before a slot is taken
             _emulation().plan_tools(request, target.runner_name)
-        request = request.model_copy(update={"model": target.model, "allow_tools": self.settings.allow_tools})
+        request = request.model_copy(
+            update={
+                "model": target.model,
+                "allow_tools": self.settings.allow_tools,
+                "strict_params": request.strict_params or self.settings.strict_params,
+            }
+        )
         return Turn(target, request, conversation, stream, conversation.lookup(target.runner_name, request))
 
     @contextlib.asynccontextmanager

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from .. import private, process
 from ..errors import ConfigError, LlmrunError
+from ..parameters import asked
 from ..runners.base import Runner
 from ..sessions import Session
 from ..types import ChatRequest
@@ -164,9 +165,11 @@ class WarmPool:
     # --- what the engine asks ----------------------------------------------------------
 
     def serves(self, runner: Runner, request: ChatRequest) -> bool:
-        """Whether the turn can go to a warm session; tools, structured output and images need a one-shot run."""
+        """Whether the turn can go to a warm session; tools, structured output, images and sampling
+        parameters the tool takes (on its command line, at start-up) need a one-shot run."""
         return (
             self.max_warm > 0
+            and not set(asked(request)) & set(runner.honoured_parameters)
             and runner.capabilities.warm
             and not request.tools
             and request.json_schema is None
