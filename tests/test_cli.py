@@ -743,3 +743,39 @@ def test_detection_waits_only_for_runners_before_the_answer(monkeypatch: pytest.
     assert asyncio.run(selection.detect_runner()) == "second"
     monkeypatch.setattr(registry, "runner_names", lambda: ["first", "third"])
     assert asyncio.run(selection.detect_runner()) == "third"
+
+
+# --- chat: sampling parameters and schemas ----------------------------------------------------
+
+
+def test_stop_ends_the_answer_and_an_ignored_parameter_is_said_on_stderr(claude: FakeRun) -> None:
+    claude.scenario("mock-stream-json-partial")
+    result = cli.invoke(app, ["chat", "-r", "claude", "--stop", " mock", "--seed", "4", "hi"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Hello from\n"
+    assert "ignored parameter seed: Claude Code has no way to set it" in result.stderr
+
+
+def test_strict_params_refuse_what_the_runner_cannot_honour(claude: FakeRun) -> None:
+    result = cli.invoke(app, ["chat", "-r", "claude", "--strict-params", "--seed", "4", "hi"])
+    assert result.exit_code == 14, result.output  # UnsupportedFeature
+    assert "Claude Code cannot honour seed" in result.stderr
+    assert claude.invocations() == []
+
+
+def test_schema_inline_or_from_a_file(claude: FakeRun, tmp_path: Path) -> None:
+    claude.scenario("mock-json-schema-stream")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    for given in (json.dumps(schema), str(path)):
+        result = cli.invoke(app, ["chat", "-r", "claude", "--schema", given, "a name"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"name": "mock-name"}
+    argv = claude.invocations()[-1]["argv"]
+    assert json.loads(argv[argv.index("--json-schema") + 1]) == schema
+
+
+def test_a_schema_that_is_neither_json_nor_a_file_is_a_usage_error(claude: FakeRun) -> None:
+    result = cli.invoke(app, ["chat", "-r", "claude", "--schema", "no-such-file.json", "hi"])
+    assert result.exit_code == 2 and "--schema" in result.output and claude.invocations() == []

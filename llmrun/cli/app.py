@@ -217,12 +217,30 @@ def chat(
         "--all",
         help="Ask every runner of -r at once, answers side by side; exit 0 only if all answered.",
     ),
+    schema: Optional[str] = typer.Option(
+        None,
+        "--schema",
+        metavar="JSON|FILE",
+        help="Answer with JSON matching this JSON schema (given inline or as a file); validated, asked once more.",
+    ),
+    temperature: Optional[float] = typer.Option(None, "--temperature", metavar="T", help="Sampling temperature."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", metavar="N", min=1, help="Longest answer, in tokens."
+    ),
+    top_p: Optional[float] = typer.Option(None, "--top-p", metavar="P", help="Nucleus sampling."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Seed, for tools whose model takes one."),
+    stop: Optional[list[str]] = typer.Option(
+        None, "--stop", metavar="TEXT", help="End the answer before this text (repeatable)."
+    ),
+    strict_params: bool = typer.Option(
+        False, "--strict-params", help="Refuse a parameter the runner cannot honour instead of warning."
+    ),
 ) -> None:
     """Send a prompt to a runner and stream the answer; with no prompt on a terminal, chat."""
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="'--timeout'")
     with reporting(as_json=as_json or as_jsonl):
-        from .chat import ChatOptions, parse_options, run
+        from .chat import ChatOptions, parse_options, read_schema, run
         from .selection import check_config
 
         check_config()
@@ -240,6 +258,15 @@ def chat(
             show_thinking=not hide_thinking,
             markdown=markdown,
             usage=usage,
+            json_schema=read_schema(schema) if schema is not None else None,
+            sampling={
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+                "top_p": top_p,
+                "seed": seed,
+                "stop": stop or None,
+                "strict_params": strict_params,
+            },
         )
         if all_:
             from .fanout import run_all

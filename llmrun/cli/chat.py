@@ -39,6 +39,9 @@ class ChatOptions:
     show_thinking: bool = True
     markdown: bool = False
     usage: bool = False
+    json_schema: dict[str, Any] | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """ChatRequest's sampling fields (temperature, stop, ...) and strict_params, None where not given."""
 
     def request(self, text: str, *, session_id: str | None) -> ChatRequest:
         from ..types import Message
@@ -52,6 +55,8 @@ class ChatOptions:
             allow_tools=self.allow_tools,
             cwd=self.cwd,
             options=dict(self.options),
+            json_schema=self.json_schema,
+            **{name: value for name, value in self.sampling.items() if value is not None},
         )
 
 
@@ -112,6 +117,25 @@ def parse_options(pairs: list[tuple[str, str]]) -> dict[str, Any]:
         except ValueError:
             options[key] = value
     return options
+
+
+def read_schema(given: str) -> dict[str, Any]:
+    """A JSON schema given on the command line: the JSON itself, or the path of a file holding it."""
+    text = given
+    if not given.lstrip().startswith("{"):
+        try:
+            with open(given, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            problem = f"not JSON, and not a readable file: {exc.strerror}"
+            raise typer.BadParameter(problem, param_hint="'--schema'") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="'--schema'") from None
+    if not isinstance(schema, dict):
+        raise typer.BadParameter("a JSON schema is an object", param_hint="'--schema'")
+    return schema
 
 
 def read_prompt(prompt: str | None) -> str:
