@@ -4,7 +4,7 @@ PYTHON ?= python3
 
 # llmrun itself with its test tools, plus the Claude Code CLI when npm is there and claude is not.
 install:
-	$(PYTHON) -m pip install -e '.[dev,server,continue]'
+	$(PYTHON) -m pip install -e '.[dev,server,continue,langchain,litellm,anyllm]'
 	@command -v claude >/dev/null || { command -v npm >/dev/null && npm install -g --no-audit --no-fund @anthropic-ai/claude-code; } || true
 
 # The real CLIs the real-binary tests drive (each against a mock API on 127.0.0.1).
