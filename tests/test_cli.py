@@ -319,6 +319,8 @@ def test_runners_json_lists_every_runner(claude: FakeRun, monkeypatch: pytest.Mo
     assert claude_row["authenticated"] is True and claude_row["binary"] == str(claude.tool.binary)
     assert claude_row["default_model"] == "sonnet" and "claude" in claude_row["aliases"]
     assert claude_row["capabilities"]["token_streaming"] is True
+    assert claude_row["parameters"]["stop"].startswith("llmrun ends the answer")  # llmrun's own, for all
+    assert "seed" not in claude_row["parameters"]
     for name, row in rows.items():
         assert set(row) >= {"display_name", "installed", "binary", "version", "authenticated", "capabilities"}
         if name != "claude_code":

@@ -73,6 +73,7 @@ def aliases_of(runner: Runner) -> list[str]:
 
 def runner_rows() -> list[dict[str, Any]]:
     """One object per known runner: what it is, and whether it is installed and logged in."""
+    from ..parameters import how_honoured
     from ..registry import get_runner, runner_names
 
     names = runner_names()
@@ -96,6 +97,7 @@ def runner_rows() -> list[dict[str, Any]]:
                 "status": report.status,
                 "default_model": runner.default_model if runner else None,
                 "capabilities": runner.capabilities.model_dump() if runner else {},
+                "parameters": how_honoured(runner) if runner else {},
                 "cannot_lock_down": runner.cannot_lock_down if runner else "",
                 "message": report.message,
                 "hint": report.hint,
