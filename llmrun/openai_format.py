@@ -207,11 +207,13 @@ def response_format(raw: Any) -> dict[str, Any] | None:
 SAMPLING_FIELDS = {
     "temperature": "number",
     "top_p": "number",
+    "top_k": "integer",
     "seed": "integer",
     "frequency_penalty": "number",
     "presence_penalty": "number",
 }
-"""The sampling fields OpenAI, Anthropic and Ollama share (with `stop` under a name of each API's own)."""
+"""The sampling fields of OpenAI, Anthropic and Ollama (`top_k` is not OpenAI's, `seed` and the penalties
+not Anthropic's; `stop` has a name of each API's own)."""
 
 
 def sampling(raw: Mapping[str, Any], *, stop: str = "stop") -> dict[str, Any]:

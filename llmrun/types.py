@@ -136,7 +136,16 @@ def check_session_id(session_id: str, *, runner: str | None = None) -> str:
     raise InvalidRequest(f"session id {shown!r} {problem}", runner=runner)
 
 
-SAMPLING_PARAMETERS = ("temperature", "max_tokens", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty")
+SAMPLING_PARAMETERS = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+)
 """The request's fields that tune the model's sampling (see llmrun/parameters.py)."""
 
 
@@ -149,6 +158,7 @@ class ChatRequest(_Model):
     temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None
+    top_k: int | None = None
     stop: list[str] | None = None
     """Stop sequences: the answer ends before the first one (llmrun enforces this for every runner)."""
     seed: int | None = None

@@ -34,7 +34,9 @@ def chat(**fields: object) -> dict:
 
 
 def test_openai_stop_ends_the_answer_and_ignored_parameters_are_named(server: LiveServer) -> None:
-    reply = httpx.post(f"{server.url}/v1/chat/completions", json=chat(stop="from", seed=3, presence_penalty=0.2), timeout=60)
+    reply = httpx.post(
+        f"{server.url}/v1/chat/completions", json=chat(stop="from", seed=3, presence_penalty=0.2), timeout=60
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["choices"][0]["message"]["content"] == "Hello "
@@ -83,12 +85,17 @@ def test_ollama_options_are_the_request_parameters(server: LiveServer) -> None:
         "model": "claude_code",
         "messages": [{"role": "user", "content": "hi"}],
         "stream": False,
-        "options": {"stop": ["from"], "seed": 42, "top_k": 20},
+        "options": {"stop": ["from"], "seed": 42, "top_k": 20, "num_ctx": 4096},
     }
     reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     assert reply.json()["message"]["content"] == "Hello "
-    assert reply.headers["x-llmrun-ignored-params"] == "seed"
+    assert reply.headers["x-llmrun-ignored-params"] == "top_k, seed"  # num_ctx is the tool's to decide
+
+
+def test_logprobs_are_refused_as_no_tool_reports_them(server: LiveServer) -> None:
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=chat(logprobs=True), timeout=60)
+    assert reply.status_code == 400 and "logprobs" in reply.json()["error"]["message"]
 
 
 def test_a_malformed_stop_is_refused(server: LiveServer) -> None:

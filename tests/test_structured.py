@@ -37,7 +37,7 @@ PERSON = {
     ("answer", "json_text"),
     [
         ('{"a": 1}', '{"a": 1}'),
-        ('  [1, 2]\n', "[1, 2]"),
+        ("  [1, 2]\n", "[1, 2]"),
         ('Here it is:\n```json\n{"a": {"b": [1]}}\n```\nAnything else?', '{"a": {"b": [1]}}'),
         ('Sure! The person is {"name": "Ada", "age": 36}. Done.', '{"name": "Ada", "age": 36}'),
         ('I think {not json} but then {"ok": true}', '{"ok": true}'),

@@ -11,9 +11,9 @@ Models are named as in `/v1/models` (`runner/model` or an alias); Ollama's `:lat
 dropped. `format` ("json" or a JSON schema) asks for structured output, `tools` go through
 llmrun's tool emulation and come back as `message.tool_calls` with arguments as an object,
 images are base64 strings, `think: false` leaves the tool's thinking out. Of `options`,
-`temperature`, `top_p`, `seed`, `stop`, the penalties and `num_predict` (as max_tokens) are
-the request's sampling parameters (llmrun/parameters.py: honoured, or named in the
-x-llmrun-ignored-params header); the others (top_k, context size, GPU) and `keep_alive` are
+`temperature`, `top_p`, `top_k`, `seed`, `stop`, the penalties and `num_predict` (as
+max_tokens) are the request's sampling parameters (llmrun/parameters.py: honoured, or named
+in the x-llmrun-ignored-params header); the others (context size, GPU) and `keep_alive` are
 accepted and left to the tool, which decides them. A generate request with
 an empty prompt answers at once with `done_reason: "load"`, as Ollama does to preload a model.
 

@@ -109,6 +109,8 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
     n = body.get("n")
     if n not in (None, 1):
         raise UnsupportedFeature("only one choice per request (`n` = 1) is supported")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise UnsupportedFeature("`logprobs`: the tools do not report token probabilities")
     raw_messages = expect_list(body.get("messages"), "messages")
     if not raw_messages:
         raise InvalidRequest("`messages` must not be empty")
