@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Union
 
-from .errors import UnsupportedFeature
+from .errors import InvalidRequest, UnsupportedFeature
 from .runners.base import Runner, partial_marker_at_end
 from .types import SAMPLING_PARAMETERS, ChatChunk, ChatRequest, ChatResponse, FinishReason
 
@@ -50,6 +50,8 @@ def ignored(honoured: Mapping[str, str], request: ChatRequest) -> list[str]:
 
 def warnings_for(runner: Runner, request: ChatRequest, honoured: Mapping[str, str] | None = None) -> list[str]:
     """What the answer must say it ignored; raises UnsupportedFeature instead under `strict_params`."""
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise InvalidRequest(f"max_tokens must be at least 1, not {request.max_tokens}", runner=runner.name)
     names = ignored(runner.honoured_parameters if honoured is None else honoured, request)
     if not names:
         return []

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import ClassVar
-
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from llmrun import ChatChunk, ChatRequest, HealthReport, Runner, UnsupportedFeature, Usage
+from llmrun import ChatChunk, ChatRequest, HealthReport, InvalidRequest, Runner, UnsupportedFeature, Usage
 from llmrun.parameters import enforced, how_honoured, ignored_params_header
 
 from .conftest import FAKE_TOOLS, FakeRun, is_alive
@@ -68,7 +67,7 @@ async def test_text_that_only_looks_like_a_stop_sequence_is_passed_on() -> None:
 
 
 async def test_a_stop_at_the_very_start_gives_an_empty_answer() -> None:
-    response = await ScriptedRunner(["STOP now"]).complete(ChatRequest.of("q", stop="STOP".split()))
+    response = await ScriptedRunner(["STOP now"]).complete(ChatRequest.of("q", stop=["STOP"]))
     assert response.content == "" and response.finish_reason == "stop"
 
 
@@ -110,6 +109,13 @@ async def test_strict_parameters_refuse_before_the_run() -> None:
         await runner.complete(ChatRequest.of("q", seed=1, strict_params=True))
     assert runner.sent == 0
     await runner.complete(ChatRequest.of("q", temperature=1.0, stop=["x"], strict_params=True))  # all honoured
+
+
+async def test_a_limit_below_one_token_is_refused() -> None:
+    runner = ScriptedRunner(["hi"])
+    with pytest.raises(InvalidRequest, match="max_tokens must be at least 1, not 0"):
+        await runner.complete(ChatRequest.of("q", max_tokens=0))
+    assert runner.sent == 0
 
 
 def test_how_each_parameter_is_honoured_is_listed() -> None:

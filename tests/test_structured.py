@@ -20,8 +20,8 @@ from .server_support import LiveServer, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mock_openai_chat import MockOpenAIChat, _Answer, split_deltas  # noqa: E402
-from realcli import become, qwen_env, require_binary  # noqa: E402
+from mock_openai_chat import MockOpenAIChat, _Answer, split_deltas
+from realcli import become, qwen_env, require_binary
 
 PERSON = {
     "type": "object",
