@@ -123,6 +123,27 @@ def test_model_system_prompt_and_read_only_files() -> None:
     assert stdin.index("Be brief.") < stdin.index("hi")
 
 
+def test_sampling_parameters_go_to_every_model_through_a_private_settings_file() -> None:
+    request = ChatRequest.of("hi", model="openai/x", temperature=0.3, max_tokens=77, top_p=0.5, seed=7, stop=["END"])
+    invocation = AiderRunner().build_invocation(request, "aider")
+    try:
+        (path,) = invocation.temp_files
+        assert f"--model-settings-file={path}" in invocation.argv
+        assert json.loads(Path(path).read_text()) == [
+            {
+                "name": "aider/extra_params",
+                "extra_params": {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7},
+            }
+        ]
+    finally:
+        invocation.remove_files()
+    plain = AiderRunner().build_invocation(ChatRequest.of("hi"), "aider")
+    assert plain.temp_files == [] and not any(a.startswith("--model-settings-file") for a in plain.argv)
+    # `stop` is llmrun's own; everything else but top_k (which litellm drops for OpenAI-style
+    # providers) has its place in extra_params.
+    assert set(AiderRunner.honoured_parameters) | {"stop", "top_k"} == set(llmrun.types.SAMPLING_PARAMETERS)
+
+
 def test_no_model_is_passed_when_none_is_set() -> None:
     argv = AiderRunner().build_invocation(ChatRequest.of("hi"), "aider").argv
     assert not any(arg.startswith("--model") for arg in argv)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import llmrun
-from llmrun import ChatRequest, Message
+from llmrun import ChatRequest, Message, parameters
 from llmrun.errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -17,6 +17,7 @@ from llmrun.errors import (
     RateLimitError,
     ServiceUnavailable,
     SessionNotFound,
+    UnsupportedFeature,
 )
 from llmrun.process import Invocation
 from llmrun.runners.continue_cli import (
@@ -186,6 +187,40 @@ def test_a_config_of_the_request_is_passed_as_it_is(
     invocation = build(runner, ChatRequest.of("hi", model="huge", options={"config": str(other)}), invocations)
     config = json.loads(Path(option(invocation.argv, "--config")).read_text())
     assert config["models"][0]["name"] == "huge"
+
+
+def test_sampling_parameters_go_on_every_chat_model_of_a_private_copy(
+    runner: ContinueRunner, home: Path, invocations: list[Invocation]
+) -> None:
+    (home / "config.yaml").write_text(
+        CONFIG.replace(
+            "    roles: [chat, edit]\n",
+            "    roles: [chat, edit]\n    defaultCompletionOptions: {contextLength: 8000, temperature: 1}\n"
+            "    requestOptions: {headers: {X-Team: a}, extraBodyProperties: {user: ann}}\n",
+        )
+        + "  - uses: someone/hub-model\n"
+    )
+    request = ChatRequest.of("hi", temperature=0.3, max_tokens=77, top_p=0.5, seed=7, presence_penalty=-0.5)
+    invocation = build(runner, request, invocations)
+    fast, big, embedder, hub = json.loads(Path(option(invocation.argv, "--config")).read_text())["models"]
+
+    wanted = {"temperature": 0.3, "maxTokens": 77, "topP": 0.5, "presencePenalty": -0.5}
+    assert fast["defaultCompletionOptions"] == {"contextLength": 8000, **wanted}
+    assert fast["requestOptions"] == {"headers": {"X-Team": "a"}, "extraBodyProperties": {"user": "ann", "seed": 7}}
+    assert big["defaultCompletionOptions"] == wanted and big["requestOptions"]["extraBodyProperties"] == {"seed": 7}
+    assert "defaultCompletionOptions" not in embedder  # not a chat model
+    assert hub["uses"] == "someone/hub-model" and hub["override"]["defaultCompletionOptions"] == wanted
+    # Every parameter has its place: nothing is reported as ignored.
+    assert parameters.warnings_for(runner, request.model_copy(update={"frequency_penalty": 1.0})) == []
+
+
+def test_sampling_parameters_with_no_config_to_copy_are_refused(
+    runner: ContinueRunner, home: Path, invocations: list[Invocation]
+) -> None:
+    (home / "config.yaml").unlink()
+    with pytest.raises(UnsupportedFeature, match="to set the sampling parameters"):
+        build(runner, ChatRequest.of("hi", temperature=0.3), invocations)
+    assert "--config" not in " ".join(build(runner, ChatRequest.of("hi"), invocations).argv)
 
 
 async def test_discovered_models_are_the_configs_chat_models(runner: ContinueRunner) -> None:

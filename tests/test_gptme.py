@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import llmrun
-from llmrun import ChatRequest, Message
+from llmrun import ChatRequest, Message, parameters
 from llmrun.runners.gptme import (
     DEFAULT_MAX_RETRIES,
     SYSTEM_PROMPT_ARGV_LIMIT,
@@ -74,6 +74,13 @@ def test_argv_is_a_direct_generation_with_the_prompt_on_stdin() -> None:
     assert invocation.stdin == b"-hello"
     # gptme's chat command (`-n`), its tools and its `complete` nudge loop are never used.
     assert not any(arg in ("-n", "--non-interactive", "-t", "--tools") for arg in invocation.argv)
+
+
+def test_a_parameter_without_a_flag_is_refused_under_strict_params() -> None:
+    request = ChatRequest.of("hi", temperature=0.2, top_p=0.5, seed=7, strict_params=True)
+    with pytest.raises(llmrun.UnsupportedFeature, match="gptme cannot honour top_p, seed"):
+        parameters.warnings_for(GptmeRunner(), request)
+    assert "--temperature=0.2" in GptmeRunner().build_invocation(request, "gptme").argv
 
 
 def test_environment_keeps_telemetry_off_and_bounds_retries() -> None:

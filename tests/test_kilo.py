@@ -69,6 +69,21 @@ def test_names_and_aliases() -> None:
     assert KiloRunner.aliases == ("kilocode", "kilo-code", "kilo_code")
 
 
+def test_sampling_goes_in_kilos_config_and_environment() -> None:
+    inv = build(ChatRequest.of("hi", temperature=0.3, top_p=0.5, max_tokens=77))
+    agent = json.loads(inv.env["KILO_CONFIG_CONTENT"])["agent"][AGENT]
+    assert (agent["temperature"], agent["top_p"]) == (0.3, 0.5)
+    assert inv.env["KILO_EXPERIMENTAL_OUTPUT_TOKEN_MAX"] == "77"
+    assert "OPENCODE_EXPERIMENTAL_OUTPUT_TOKEN_MAX" not in inv.env
+    assert "KILO_EXPERIMENTAL_OUTPUT_TOKEN_MAX" in KiloRunner.honoured_parameters["max_tokens"]
+    assert set(KiloRunner.honoured_parameters) == {"temperature", "top_p", "max_tokens"}
+
+
+async def test_a_parameter_kilo_cannot_take_comes_back_as_a_warning(kilo: FakeRun) -> None:
+    response = await kilo.runner().complete(ChatRequest.of("hi", seed=7, temperature=0.3))
+    assert response.warnings == ["ignored parameter seed: Kilo Code has no way to set it"]
+
+
 def test_command_line_defaults() -> None:
     inv = build(ChatRequest.of("-hello, a prompt with a leading dash"))
     flags = ["--format=json", "--thinking", "--title=", "--print-logs", "--log-level=WARN", f"--agent={AGENT}"]

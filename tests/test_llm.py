@@ -108,6 +108,23 @@ def test_model_system_options_and_schema_are_flags_with_their_values_attached() 
     assert argv[-2:] == ["--hide-reasoning", "-x"]
 
 
+def test_sampling_parameters_become_model_options_and_the_caller_s_own_win() -> None:
+    req = ChatRequest.of(
+        "hi",
+        top_p=0.5,
+        seed=7,
+        frequency_penalty=0.25,
+        presence_penalty=-0.5,
+        stop=["END"],
+        options={"model_options": {"top_p": 0.9}},
+    )
+    argv = invocation(req).argv
+
+    options = [tuple(argv[i + 1 : i + 3]) for i, arg in enumerate(argv) if arg == "--option"]
+    assert options == [("top_p", "0.9"), ("seed", "7"), ("frequency_penalty", "0.25"), ("presence_penalty", "-0.5")]
+    assert "stop" not in LlmRunner.honoured_parameters  # llmrun's own: llm takes one stop string only
+
+
 def test_long_system_prompt_goes_through_a_fragment_file() -> None:
     system = "ü" * SYSTEM_PROMPT_ARGV_LIMIT
     inv = invocation(ChatRequest.of("hi", system=system))

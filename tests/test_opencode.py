@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import llmrun
-from llmrun import ChatRequest, Message
+from llmrun import ChatRequest, Message, parameters
 from llmrun.registry import canonical_name, get_runner, runner_names
 from llmrun.runners.opencode import (
     AGENT,
@@ -39,7 +39,6 @@ def opencode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRun:
 @pytest.fixture(autouse=True)
 def no_inline_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENCODE_CONFIG_CONTENT", raising=False)
-
 
 
 def build(request: ChatRequest, runner: OpencodeRunner | None = None) -> llmrun.process.Invocation:
@@ -185,6 +184,23 @@ def test_allowed_tools_use_opencodes_own_agent_and_rules() -> None:
     Path(with_system.temp_files[0]).unlink()
     chosen = build(ChatRequest.of("hi", allow_tools=True, options={"agent": "plan"}))
     assert "--agent=plan" in chosen.argv and chosen.env == {}
+
+
+def test_sampling_goes_on_the_runs_agent_and_the_output_limit_in_the_environment() -> None:
+    inv = build(ChatRequest.of("hi", temperature=0.3, top_p=0.5, max_tokens=77))
+    assert config_of(inv)["agent"][AGENT]["temperature"] == 0.3
+    assert config_of(inv)["agent"][AGENT]["top_p"] == 0.5
+    assert inv.env["OPENCODE_EXPERIMENTAL_OUTPUT_TOKEN_MAX"] == "77"
+    # With tools allowed the run's agent is opencode's default one, named so that it gets them.
+    allowed = build(ChatRequest.of("hi", allow_tools=True, temperature=0))
+    assert "--agent=build" in allowed.argv
+    assert config_of(allowed) == {"agent": {"build": {"temperature": 0}}}
+
+
+def test_a_parameter_opencode_cannot_take_is_refused_under_strict_params() -> None:
+    request = ChatRequest.of("hi", temperature=0.3, seed=7, presence_penalty=0.5, strict_params=True)
+    with pytest.raises(llmrun.UnsupportedFeature, match="OpenCode cannot honour seed, presence_penalty"):
+        parameters.warnings_for(OpencodeRunner(), request)
 
 
 def test_an_agent_of_the_users_gets_the_read_only_rules() -> None:

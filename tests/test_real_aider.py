@@ -97,6 +97,19 @@ async def test_answer_streams_back_with_usage(env: dict[str, str], api: MockOpen
     await assert_no_processes_in(workdir)
 
 
+async def test_sampling_parameters_reach_the_api(env: dict[str, str], api: MockOpenAIChat, workdir: str) -> None:
+    asked = {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7}
+    req = request("Say hello", workdir, frequency_penalty=0.25, presence_penalty=-0.5, strict_params=True, **asked)
+    response = await AiderRunner().complete(req)
+
+    assert response.content == DEFAULT_TEXT and response.warnings == []
+    body = api.chat_requests[-1]["json"]
+    assert {name: body.get(name) for name in asked} == asked  # over aider's own temperature of 0
+    assert (body.get("frequency_penalty"), body.get("presence_penalty")) == (0.25, -0.5)
+    assert os.listdir(workdir) == []
+    await assert_no_processes_in(workdir)
+
+
 async def test_aider_runs_no_command_by_default(env: dict[str, str], api: MockOpenAIChat, workdir: str) -> None:
     # An aider command in the prompt, and a shell block in the reply: neither may run.
     api.text = "Run this:\n\n```bash\ntouch from-reply\n```\n"

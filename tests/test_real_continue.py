@@ -117,6 +117,19 @@ async def test_answer_comes_back_from_the_chosen_model_and_a_fork_continues(
     await assert_no_processes_in(workdir)
 
 
+async def test_sampling_parameters_reach_the_api(runner: ContinueRunner, api: MockOpenAIChat, workdir: str) -> None:
+    asked = {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7}
+    response = await runner.complete(
+        request("Say hello", workdir, frequency_penalty=0.25, presence_penalty=-0.5, strict_params=True, **asked)
+    )
+
+    assert response.content == DEFAULT_TEXT and response.warnings == []
+    body = api.chat_requests[-1]["json"]
+    assert {name: body.get(name) for name in asked} == asked
+    assert (body.get("frequency_penalty"), body.get("presence_penalty")) == (0.25, -0.5)
+    await assert_no_processes_in(workdir)
+
+
 async def test_a_prompt_larger_than_a_pipe_arrives_whole(
     runner: ContinueRunner, api: MockOpenAIChat, workdir: str
 ) -> None:

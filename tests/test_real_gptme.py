@@ -32,6 +32,7 @@ from llmrun.runners.gptme import GptmeRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mock_responses
+from mock_openai_chat import MockOpenAIChat
 from mock_responses import DEFAULT_TEXT, MockResponses
 from realcli import _isolated_home, assert_no_processes_in, become, loopback_only
 
@@ -113,6 +114,26 @@ async def test_answer_usage_and_no_tools(env: dict[str, str], api: MockWholeResp
     assert body["instructions"] == "You are terse."
     assert "tools" not in body  # gptme's shell, files and Python are never offered
     await assert_no_processes_in(workdir)
+
+
+async def test_temperature_and_max_tokens_reach_the_api_and_top_p_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockWholeResponses, workdir: str
+) -> None:
+    # gptme leaves temperature out for reasoning models, unknown ones (mock-model) included:
+    # gpt-4o is a known model without reasoning, which gptme asks over Chat Completions
+    # (`api` is here for its skips only).
+    with MockOpenAIChat() as chat:
+        become(monkeypatch, tmp_path, gptme_env(tmp_path, chat.base_url))
+        request = ChatRequest.of(
+            "Say hi", model="openai/gpt-4o", cwd=workdir, temperature=0.3, max_tokens=77, top_p=0.5, timeout=200
+        )
+        response = await GptmeRunner().complete(request)
+        body = chat.chat_requests[-1]["json"]
+
+    assert response.content == DEFAULT_TEXT
+    assert (body["temperature"], body["max_tokens"]) == (0.3, 77)
+    assert body.get("top_p") != 0.5  # gptme has no way to take it: its own default went
+    assert response.warnings == ["ignored parameter top_p: gptme has no way to set it"]
 
 
 async def test_shell_tool_does_not_run_when_the_model_asks(

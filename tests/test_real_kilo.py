@@ -107,6 +107,23 @@ async def test_an_answer_streams_back_with_usage_and_session(
     await assert_no_processes_in(workdir)
 
 
+async def test_sampling_parameters_reach_the_api(
+    runner: KiloRunner, api: MockOpenAIChat, workdir: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = json.loads(env["KILO_CONFIG_CONTENT"])
+    config["provider"]["mock"]["models"]["mock-model"]["temperature"] = True  # kilo sends none otherwise
+    monkeypatch.setenv("KILO_CONFIG_CONTENT", json.dumps(config))
+
+    response = await runner.complete(request("Say hello", workdir, temperature=0.3, max_tokens=77, top_p=0.5, seed=7))
+
+    assert response.content == DEFAULT_TEXT
+    body = api.chat_requests[-1]["json"]
+    assert (body.get("temperature"), body.get("max_tokens"), body.get("top_p")) == (0.3, 77, 0.5)
+    assert "seed" not in body
+    assert response.warnings == ["ignored parameter seed: Kilo Code has no way to set it"]
+    await assert_no_processes_in(workdir)
+
+
 async def test_the_shell_tool_does_not_run_by_default(
     runner: KiloRunner, api: MockOpenAIChat, workdir: str, env: dict[str, str]
 ) -> None:

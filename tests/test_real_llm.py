@@ -158,6 +158,28 @@ async def test_mock_chat_answers_with_usage(runner: LlmRunner, api: MockOpenAICh
     assert body["messages"][-1] == {"role": "user", "content": "Say hello"}
 
 
+async def test_sampling_parameters_reach_the_api(runner: LlmRunner, api: MockOpenAIChat, workdir: str) -> None:
+    req = request(
+        "Say hello",
+        workdir,
+        model="mock-chat",
+        temperature=0.3,
+        max_tokens=77,
+        top_p=0.5,
+        seed=7,
+        frequency_penalty=0.25,
+        presence_penalty=-0.5,
+        strict_params=True,  # nothing may be ignored
+    )
+    response = await runner.complete(req)
+
+    assert response.content == DEFAULT_TEXT and response.warnings == []
+    body = api.chat_requests[-1]["json"]
+    sent = {name: body.get(name) for name in ("temperature", "max_tokens", "top_p", "seed")}
+    assert sent == {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7}
+    assert (body.get("frequency_penalty"), body.get("presence_penalty")) == (0.25, -0.5)
+
+
 async def test_cached_tokens_are_reported_once(runner: LlmRunner, api: MockOpenAIChat, workdir: str) -> None:
     api.scenario = "usage_cached"
     usage = (await runner.complete(request("Say hello", workdir, model="mock-chat"))).usage

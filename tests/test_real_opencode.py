@@ -41,7 +41,7 @@ from llmrun.runners.opencode import OpencodeRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_openai_chat import DEFAULT_TEXT, THINKING_DELTAS, TOOL_PREAMBLE, MockOpenAIChat
-from realcli import assert_no_processes_in, become, opencode_env, processes_in, require_binary
+from realcli import assert_no_processes_in, become, opencode_env, opencode_provider, processes_in, require_binary
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(180)]
 
@@ -155,6 +155,32 @@ async def test_the_model_asked_for_is_used_and_cached_tokens_counted_once(
     usage = response.usage
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (12, 100, 7)
     assert usage.to_openai()["prompt_tokens"] == 112
+
+
+async def test_sampling_parameters_reach_the_api(
+    runner: OpencodeRunner, api: MockOpenAIChat, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = opencode_provider(api.base_url)
+    config["provider"]["mock"]["models"]["mock-model"]["temperature"] = True  # type: ignore[index]
+    monkeypatch.setenv("OPENCODE_CONFIG_CONTENT", json.dumps(config))
+    asked = {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7}
+
+    response = await runner.complete(request("Say hello", workdir, **asked))
+
+    assert response.content == DEFAULT_TEXT
+    body = last_request(api)
+    assert {name: body.get(name) for name in ("temperature", "max_tokens", "top_p")} == {
+        "temperature": 0.3,
+        "max_tokens": 77,
+        "top_p": 0.5,
+    }
+    assert "seed" not in body
+    assert response.warnings == ["ignored parameter seed: OpenCode has no way to set it"]
+
+    # A model whose entry does not allow temperature gets none, with opencode's own agent too.
+    await runner.complete(request("Say hello", workdir, model="mock/mock-model-large", allow_tools=True, **asked))
+    body = last_request(api)
+    assert "temperature" not in body and (body.get("max_tokens"), body.get("top_p")) == (77, 0.5)
 
 
 async def test_thinking_once_and_text_as_whole_parts(runner: OpencodeRunner, api: MockOpenAIChat, workdir: str) -> None:

@@ -46,14 +46,24 @@ Health: `aider --version`; aider cannot tell whether it has a working key withou
 Options (`ChatRequest.options`): `edit_format` (with `allow_tools`: `diff`, `whole`,
 `architect`, …), `read` (a list of files added as read-only context, `--read`), and
 `extra_args` (a list appended to the command; the settings' `extra_args` go right after
-`aider`). Temperature and max tokens have no aider option and are left to its model settings.
+`aider`).
+
+Sampling: aider has no option for it, but its model settings take `extra_params` that go to
+litellm with every call, over aider's own temperature. The request's `temperature`,
+`max_tokens`, `top_p`, `seed`, `frequency_penalty` and `presence_penalty` go there, in a
+private settings file (`--model-settings-file`) whose `aider/extra_params` entry applies
+to every model. That file takes the place of a settings file the user's aider config names,
+and of an `aider/extra_params` entry of their own, for that run. litellm drops a parameter
+the model's provider does not take (aider sets `drop_params`).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import ClassVar
 
-from .. import process
+from .. import private, process
 from ..errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -302,6 +312,10 @@ class AiderRunner(HistoryKeepingRunner):
         cost=True,
     )
     # No default model: aider picks one from the API keys it finds.
+    honoured_parameters: ClassVar[dict[str, str]] = {
+        name: f"model settings extra_params.{name} (litellm; for models that take it)"
+        for name in ("temperature", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty")
+    }
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         options = request.options
@@ -335,6 +349,14 @@ class AiderRunner(HistoryKeepingRunner):
             argv += ["--chat-mode=ask", "--dry-run"]
         if model := self.model_for(request):
             argv.append(f"--model={model}")
+        temp_files: list[str] = []
+        if sampling := {
+            name: value for name in self.honoured_parameters if (value := getattr(request, name)) is not None
+        }:
+            # JSON is YAML: aider reads it as its own .aider.model.settings.yml.
+            settings = json.dumps([{"name": "aider/extra_params", "extra_params": sampling}])
+            temp_files.append(private.write_file(settings, prefix="aider-settings-", suffix=".yml"))
+            argv.append(f"--model-settings-file={temp_files[-1]}")
         read = options.get("read") or []
         argv += [f"--read={path}" for path in ([read] if isinstance(read, str) else read)]
         argv += [str(arg) for arg in options.get("extra_args", [])]
@@ -352,6 +374,7 @@ class AiderRunner(HistoryKeepingRunner):
             },
             env_remove=self.env_remove,
             cwd=request.cwd,
+            temp_files=temp_files,
         )
 
     def new_parser(self, request: ChatRequest) -> Parser:

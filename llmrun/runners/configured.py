@@ -505,4 +505,3 @@ class ConfiguredRunner(CliRunner):
             return None
         first = os.path.expanduser(version[0])
         return [binary if first == self.binary else first, *version[1:]]
-

@@ -23,6 +23,12 @@ writes a private copy of the config holding that chat model only and passes it a
 inside the config resolve against the private copy's directory then, so use absolute ones.
 Reading the config needs PyYAML (`pip install 'llmrun[continue]'`).
 
+Sampling: the request's `temperature`, `max_tokens`, `top_p`, `frequency_penalty` and
+`presence_penalty` go into that private copy as the chat models' `defaultCompletionOptions`
+(cn sends those five), and `seed` as `requestOptions.extraBodyProperties` (added to the
+body as it is, for APIs that take it); a `uses:` block of Continue's hub gets them as its
+`override`. The copy is written whenever a request sets one, with or without a model.
+
 Locked down by default: `--exclude=*` takes every tool away from the model (built-in and
 MCP alike), since cn runs its tools without asking in `-p` mode, even with `--readonly`
 (that plan mode still allows its Bash tool). With `request.allow_tools`, `--auto` (all
@@ -56,7 +62,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import private, process
 from ..errors import (
@@ -80,6 +86,14 @@ STDIN_LIMIT = 60 * 1024
 _UNFINISHED_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?)?\Z")
 _STATUS = re.compile(r"^(\d{3})\b")
 _CONTEXT = re.compile(r"context length|maximum context|context_length_exceeded|too many tokens", re.I)
+# The request's sampling parameters that cn sends from a model's defaultCompletionOptions.
+COMPLETION_OPTIONS = {
+    "temperature": "temperature",
+    "max_tokens": "maxTokens",
+    "top_p": "topP",
+    "frequency_penalty": "frequencyPenalty",
+    "presence_penalty": "presencePenalty",
+}
 _UNREACHABLE = re.compile(r"ECONNREFUSED|ENOTFOUND|ETIMEDOUT|ECONNRESET|fetch failed|Connection error", re.I)
 
 
@@ -152,6 +166,29 @@ def chat_model_config(config: dict[str, Any], model: str) -> dict[str, Any]:
         names = ", ".join(str(m.get("name") or m.get("model")) for m in models if is_chat_model(m)) or "none"
         raise ModelNotFound(f"cn's config has no chat model named {model!r} (chat models: {names})")
     return {**config, "models": [chosen[0], *(m for m in models if not is_chat_model(m))]}
+
+
+def with_sampling(config: dict[str, Any], completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The config with the request's sampling on every chat model: `completion` merged into
+    its defaultCompletionOptions, `body` into the fields its requests carry besides."""
+
+    def tuned(model: dict[str, Any]) -> dict[str, Any]:
+        options = {**as_dict(model.get("defaultCompletionOptions")), **completion}
+        changed = {**model, "defaultCompletionOptions": options}
+        if body:
+            request_options = as_dict(model.get("requestOptions"))
+            extra = {**as_dict(request_options.get("extraBodyProperties")), **body}
+            changed["requestOptions"] = {**request_options, "extraBodyProperties": extra}
+        return changed
+
+    def tuned_entry(model: Any) -> Any:
+        if not isinstance(model, dict) or not is_chat_model(model):
+            return model
+        if "uses" in model:  # a block from Continue's hub: changed through its `override`
+            return {**model, "override": tuned(as_dict(model.get("override")))}
+        return tuned(model)
+
+    return {**config, "models": [tuned_entry(m) for m in config.get("models") or []]}
 
 
 def is_chat_model(model: dict[str, Any]) -> bool:
@@ -229,6 +266,10 @@ class ContinueRunner(CliRunner):
         model_discovery=True,
     )
     # No default model: the config's first chat model (or cn's remembered choice) answers.
+    honoured_parameters: ClassVar[dict[str, str]] = {
+        **{name: f"config.yaml defaultCompletionOptions.{key}" for name, key in COMPLETION_OPTIONS.items()},
+        "seed": "config.yaml requestOptions.extraBodyProperties.seed (for APIs that take it)",
+    }
     _next_session: str | None = None
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
@@ -274,31 +315,41 @@ class ContinueRunner(CliRunner):
         return continue_home(self.env)
 
     def _config_for(self, request: ChatRequest, temp_files: list[str]) -> str | None:
-        """What `--config` names: the request's config, or a private copy holding its model."""
+        """What `--config` names: the request's config, or a private copy holding its model
+        and sampling parameters."""
         config = request.options.get("config")
         model = self.model_for(request)
-        if not model:
+        completion = {
+            key: value for name, key in COMPLETION_OPTIONS.items() if (value := getattr(request, name)) is not None
+        }
+        body = {"seed": request.seed} if request.seed is not None else {}
+        if not (model or completion or body):
             return str(config) if config else None
         path = Path(str(config)).expanduser() if config else self._home() / "config.yaml"
-        chosen = chat_model_config(self._read_config(path), model)
+        purpose = "pick a model" if model else "set the sampling parameters"
+        chosen = self._read_config(path, purpose)
+        if model:
+            chosen = chat_model_config(chosen, model)
+        if completion or body:
+            chosen = with_sampling(chosen, completion, body)
         # JSON is YAML: cn reads it as it reads its own config.yaml.
         temp_files.append(private.write_file(json.dumps(chosen), prefix="cn-config-", suffix=".yaml"))
         return temp_files[-1]
 
-    def _read_config(self, path: Path) -> dict[str, Any]:
+    def _read_config(self, path: Path, purpose: str = "pick a model") -> dict[str, Any]:
         try:
-            import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML: only to pick a model by name
+            import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML: only to rewrite the config
         except ImportError:
             raise UnsupportedFeature(
-                "choosing cn's model by name needs PyYAML to read its config",
+                f"llmrun needs PyYAML to read cn's config to {purpose}",
                 runner=self.name,
-                hint="pip install 'llmrun[continue]', or choose the model in the config you pass as options['config']",
+                hint="pip install 'llmrun[continue]', or set it in the config you pass as options['config']",
             ) from None
         try:
             loaded = yaml.safe_load(path.read_text("utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise UnsupportedFeature(
-                f"cannot read cn's config {str(path)!r} to pick a model: {exc}", runner=self.name
+                f"cannot read cn's config {str(path)!r} to {purpose}: {exc}", runner=self.name
             ) from None
         return loaded if isinstance(loaded, dict) else {}
 

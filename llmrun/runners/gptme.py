@@ -23,7 +23,9 @@ whitespace is stripped), the system prompt with `--system` (gptme's default is "
 helpful assistant."; a system prompt over 16 KiB goes in front of the prompt instead, as
 argv is bounded and visible in `ps`), the model with `--model` (gptme's `provider/model`
 form, e.g. `openai/gpt-5`; without one gptme's configured default), `temperature` and
-`max_tokens` with their flags. gptme prints one JSON object when the answer is complete:
+`max_tokens` with their flags (`--temperature`, `--max-tokens`; gptme leaves temperature out
+for reasoning models and fixes it at 1 for GPT-5 and Moonshot's; `top_p` and the rest have
+no flag). gptme prints one JSON object when the answer is complete:
 `{"content", "model", "usage": {"input_tokens", "output_tokens", "cache_read_tokens",
 "reasoning_tokens"}}`; reasoning, when the provider returns it, leads `content` as
 `<think>…</think>`. So the answer arrives whole, not token by token (hence a stall
@@ -61,6 +63,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import ClassVar
 
 from .. import process
 from ..errors import (
@@ -178,6 +181,7 @@ class GptmeRunner(HistoryKeepingRunner):
         system_prompt=True,
         usage=True,
     )
+    honoured_parameters: ClassVar[dict[str, str]] = {"temperature": "--temperature", "max_tokens": "--max-tokens"}
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         options = request.options

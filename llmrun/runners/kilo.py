@@ -33,6 +33,11 @@ configure. Start-up is slow (10-45 s on a busy machine), far below the stall tim
 Health: `kilo --version`, and `kilo auth list` for stored credentials;
 `available_models()` asks `kilo models`.
 
+Sampling as for opencode: `temperature` and `top_p` on the run's agent in
+KILO_CONFIG_CONTENT, `max_tokens` through KILO_EXPERIMENTAL_OUTPUT_TOKEN_MAX (Kilo sends no
+limit to a gpt-5 model of an OpenAI-compatible provider); `seed` and the penalties are
+reported as ignored.
+
 Options (`ChatRequest.options`): `agent`, `variant` and `extra_args`, as for opencode.
 """
 
@@ -91,6 +96,11 @@ class KiloRunner(OpencodeRunner):
     default_agent: ClassVar[str] = "code"
     read_only_permission = READ_ONLY
     read_only_modes: ClassVar[tuple[str, ...]] = (AGENT,)
+    output_limit_variable: ClassVar[str] = "KILO_EXPERIMENTAL_OUTPUT_TOKEN_MAX"
+    honoured_parameters: ClassVar[dict[str, str]] = {
+        **OpencodeRunner.honoured_parameters,
+        "max_tokens": "env KILO_EXPERIMENTAL_OUTPUT_TOKEN_MAX (none for OpenAI-compatible gpt-5)",
+    }
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         invocation = super().build_invocation(request, binary)

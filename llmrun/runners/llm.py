@@ -25,8 +25,9 @@ present when that variable is set or `llm keys list` names it.
 Options (`ChatRequest.options`): `log`, `database`, `model_options` (a dict passed as
 `-o key value`, e.g. `{"delay": 0.1}` for llm-markov), `hide_reasoning`, and `extra_args`
 (a list appended to the command; the settings' `extra_args` go right after `prompt` too).
-`temperature` and `max_tokens` of the request become the
-model options of those names; a model without them refuses the request.
+The request's `temperature`, `max_tokens`, `top_p`, `seed`, `frequency_penalty` and
+`presence_penalty` become the model options of those names (`-o`), which llm's OpenAI
+models take; a model without one refuses the request (UnsupportedFeature).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import re
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import images, private, process
 from ..errors import (
@@ -231,6 +232,11 @@ class LlmRunner(CliRunner):
         model_discovery=True,
     )
     # No default model: llm's own default (`llm models default`) chooses.
+    # Model options of llm's OpenAI models; a model without one refuses it, so none is lost.
+    honoured_parameters: ClassVar[dict[str, str]] = {
+        name: f"-o {name} (for models that take it)"
+        for name in ("temperature", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty")
+    }
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         options = request.options
@@ -263,10 +269,9 @@ class LlmRunner(CliRunner):
                 os.remove(path)
             raise
         model_options = dict(options.get("model_options") or {})
-        if request.temperature is not None:
-            model_options.setdefault("temperature", request.temperature)
-        if request.max_tokens is not None:
-            model_options.setdefault("max_tokens", request.max_tokens)
+        for name in self.honoured_parameters:
+            if (value := getattr(request, name)) is not None:
+                model_options.setdefault(name, value)
         for key, value in model_options.items():
             argv += ["--option", str(key), _option_value(value)]
         if request.json_schema is not None:

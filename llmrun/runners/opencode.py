@@ -19,8 +19,17 @@ global ones: a user's `agent.build.permission.bash = "allow"` would win over a g
 deny. With `allow_tools`, opencode's configured agent and permissions apply unchanged.
 
 The system prompt replaces opencode's own (the agent's `prompt`, read from a private
-temporary file). Sessions: `request.session_id` is passed as `--session=<id>` and only
-the new turns are sent; otherwise history is flattened into the prompt.
+temporary file).
+
+Sampling: `temperature` and `top_p` go on the run's agent in the same inline config
+(opencode sends temperature only to a model whose entry allows it: `temperature: true` for
+a model of one's own provider; models.dev tells it for the others), and `max_tokens` caps
+every model call through OPENCODE_EXPERIMENTAL_OUTPUT_TOKEN_MAX. `seed` and the penalties
+have no setting that every provider sends (an agent's `options` reach OpenAI-compatible
+ones only), so they are reported as ignored.
+
+Sessions: `request.session_id` is passed as `--session=<id>` and only the new turns are
+sent; otherwise history is flattened into the prompt.
 
 Failures: an API error that opencode gives up on arrives as an `error` event, typed by
 its HTTP status. OpenCode retries 429 and 5xx answers, and an unreachable server, with
@@ -286,6 +295,13 @@ class OpencodeRunner(CliRunner):
     default_agent: ClassVar[str] = "build"
     read_only_permission: ClassVar[Mapping[str, str]] = READ_ONLY_PERMISSION
     read_only_modes: ClassVar[tuple[str, ...]] = (AGENT, "plan")
+    # Caps the output tokens of every model call of the run (the model's own limit, if lower, wins).
+    output_limit_variable: ClassVar[str] = "OPENCODE_EXPERIMENTAL_OUTPUT_TOKEN_MAX"
+    honoured_parameters: ClassVar[dict[str, str]] = {
+        "temperature": "config agent.<agent>.temperature (for models whose entry allows temperature)",
+        "top_p": "config agent.<agent>.top_p",
+        "max_tokens": "env OPENCODE_EXPERIMENTAL_OUTPUT_TOKEN_MAX",
+    }
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         prompt = prompt_for(request)
@@ -306,6 +322,12 @@ class OpencodeRunner(CliRunner):
             path = _write_temp(system)
             temp_files.append(path)
             overrides.setdefault("agent", {}).setdefault(agent, {})["prompt"] = "{file:" + path + "}"
+        sampling = {name: value for name in ("temperature", "top_p") if (value := getattr(request, name)) is not None}
+        if sampling:
+            agent = agent or self.default_agent  # sampling is an agent's setting: opencode's default one
+            overrides.setdefault("agent", {}).setdefault(agent, {}).update(sampling)
+        if request.max_tokens is not None:
+            env[self.output_limit_variable] = str(request.max_tokens)
         if not request.allow_tools:
             entry = overrides.setdefault("agent", {}).setdefault(str(agent), {})
             entry["permission"] = dict(self.read_only_permission)
