@@ -271,6 +271,14 @@ def _forwarded(request: ChatRequest, plan: ToolPlan | None) -> ChatRequest:
     update: dict[str, Any] = {"tools": None, "tool_choice": None, "messages": _named_results(request.messages)}
     if plan is not None:
         section = tools_system_prompt(plan)
+        if request.json_schema is not None:
+            # The schema is for a text answer, not for a tool call: asked for, not enforced.
+            from .structured import schema_instructions
+
+            section += "\n\nWhen you answer in text rather than with a tool call: " + schema_instructions(
+                request.json_schema
+            )
+            update["json_schema"] = None
         update["system"] = f"{request.system}\n\n{section}" if request.system else section
     return request.model_copy(update=update)
 

@@ -445,3 +445,13 @@ async def test_end_to_end_through_the_claude_fake(monkeypatch: pytest.MonkeyPatc
     assert system.startswith("Be brief.\n\n# Tools") and '"name": "get_weather"' in system
     assert argv[argv.index("--tools") + 1] == ""  # the tool's own agent tools stay off
     assert invocation["stdin"] == "What is the weather in Paris?"
+
+
+async def test_a_schema_with_tools_asks_for_json_in_a_text_answer_without_enforcing_it_on_calls() -> None:
+    runner = Scripted(block("get_weather", city="Paris"))
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    response = await chat_with_tools(runner, ask(json_schema=schema))
+    assert response.tool_calls and response.tool_calls[0].name == "get_weather"
+    (sent,) = runner.requests
+    assert sent.json_schema is None  # a tool call is no JSON answer: the runner must not validate it as one
+    assert sent.system and "When you answer in text rather than with a tool call: Reply with only a JSON" in sent.system
