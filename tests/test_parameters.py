@@ -138,15 +138,14 @@ async def test_a_real_run_is_stopped_at_the_stop_sequence(claude: FakeRun) -> No
     assert not is_alive(pid) and not claude.exited(pid)  # stopped before its last lines, not ended
 
 
-async def test_a_warm_session_applies_stop_and_names_what_its_process_cannot_take() -> None:
-    from llmrun.sessions import WarmSession
-
-    runner = ScriptedRunner(["Hello ", "from ", "mock"])
-    session = WarmSession.__new__(WarmSession)
-    chunks = session._with_parameters.__func__(  # type: ignore[attr-defined]
-        type("S", (), {"runner": runner})(), ChatRequest.of("q", stop=["from"], temperature=0.5), runner._run()
-    )
-    collected = [chunk async for chunk in chunks]
-    assert "".join(c.delta for c in collected) == "Hello " and collected[-1].finish_reason == "stop"
-    # The process started before the turn: even the tool's own temperature cannot reach it.
-    assert collected[0].warnings == ["ignored parameter temperature: Scripted has no way to set it"]
+async def test_a_warm_session_applies_stop_and_names_what_its_process_cannot_take(claude: FakeRun) -> None:
+    runner = claude.runner()
+    async with runner.session() as session:
+        first = await session.complete(ChatRequest.of("q", stop=[" you"], temperature=0.5))
+        second = await session.complete("and then?")  # the stopped turn was wound up; the process answers on
+        pids = session.pids()
+    assert first.content == "Nice to meet" and first.finish_reason == "stop"
+    # The process started before the turn: even what the tool takes at start-up cannot reach it.
+    assert first.warnings == ["ignored parameter temperature: Claude Code has no way to set it"]
+    assert second.content and second.finish_reason == "stop" and second.warnings == []
+    assert len(pids) == 1 and len(claude.invocations()) == 1  # one warm process for both turns
