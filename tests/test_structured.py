@@ -208,3 +208,18 @@ def test_openai_parse_through_a_runner_without_a_schema_option(
     with Answers('The person: {"name": "Ada", "age": 36}') as api:
         become(monkeypatch, tmp_path, qwen_env(tmp_path, api.base_url))
         assert parse_through_daemon(tmp_path, "qwen", Person) == Person(name="Ada", age=36)
+
+
+@pytest.mark.timeout(120)
+def test_anthropic_parse_through_claude(claude: FakeRun, tmp_path: Path) -> None:
+    import anthropic
+
+    claude.scenario("mock-json-schema-stream")
+    with LiveServer(settings(tmp_path)) as live:
+        client = anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0, timeout=90)
+        message = client.messages.parse(
+            model="claude_code", max_tokens=1000, messages=[{"role": "user", "content": "who?"}], output_format=Name
+        )
+    assert message.parsed_output == Name(name="mock-name")
+    argv = claude.invocations()[-1]["argv"]
+    assert json.loads(argv[argv.index("--json-schema") + 1])["required"] == ["name"]

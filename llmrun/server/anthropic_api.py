@@ -77,6 +77,7 @@ FIELDS = {
     "tools": "array",
     "tool_choice": "object",
     "metadata": "object",
+    "output_config": "object",
 }
 
 
@@ -96,9 +97,21 @@ def parse(body: dict[str, Any], *, fetch_image_urls: bool = False) -> Parsed:
         **openai_format.sampling(body, stop="stop_sequences"),
         tools=_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
+        json_schema=_output_format(body.get("output_config")),
     )
     # `metadata.user_id` names an end user, not a conversation (see server/conversations.py): not used.
     return Parsed(request, model.strip(), bool(body.get("stream")))
+
+
+def _output_format(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema of `output_config.format` (structured outputs); `effort` is the tool's to decide."""
+    raw = (config or {}).get("format")
+    if raw is None:
+        return None
+    raw = expect(raw, dict, "output_config.format")
+    if raw.get("type") != "json_schema":
+        raise UnsupportedFeature(f"output_config.format of type {raw.get('type')!r} is not supported")
+    return expect(raw.get("schema"), dict, "output_config.format.schema")
 
 
 def _system(raw: Any) -> str | None:
