@@ -104,7 +104,7 @@ class _Cutter:
         return passed, None
 
 
-async def enforced(
+def enforced(
     runner: Runner,
     request: ChatRequest,
     chunks: AsyncGenerator[ChatChunk, None],
@@ -116,7 +116,14 @@ async def enforced(
 
     `honoured` overrides the runner's own list, for a run that cannot pass parameters to its
     tool (a warm session's process was started before the turn)."""
-    honoured = runner.honoured_parameters if honoured is None else honoured
+    if not asked(request):
+        return chunks  # nothing to apply: no layer between the tool and the caller
+    return _enforced(runner, request, chunks, runner.honoured_parameters if honoured is None else honoured)
+
+
+async def _enforced(
+    runner: Runner, request: ChatRequest, chunks: AsyncGenerator[ChatChunk, None], honoured: Mapping[str, str]
+) -> AsyncGenerator[ChatChunk, None]:
     try:
         warnings = warnings_for(runner, request, honoured)
     except BaseException:
