@@ -55,6 +55,7 @@ TOP_LEVEL_KEYS = {
     "runners": "a table of runner tables",
     "server": "a table of `llmrun serve` settings",
     "routes": 'tables [routes.NAME] with try = ["RUNNER/MODEL", ...]',
+    "log": "true or false: whether `llmrun chat` logs its turns (`llmrun logs`)",
 }
 
 
@@ -84,6 +85,8 @@ def check_top_level(data: dict[str, Any], path: Path) -> None:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(TOP_LEVEL_KEYS))}")
     if "runner" in data and not isinstance(data["runner"], str):
         raise ConfigError(f"{path}: runner: expected {TOP_LEVEL_KEYS['runner']}, got {data['runner']!r}")
+    if "log" in data and not isinstance(data["log"], bool):
+        raise ConfigError(f"{path}: log: expected {TOP_LEVEL_KEYS['log']}, got {data['log']!r}")
     if "server" in data and not isinstance(data["server"], dict):
         raise ConfigError(f"{path}: server: expected {TOP_LEVEL_KEYS['server']}, e.g. [server]")
     runners = data.get("runners", {})
@@ -95,7 +98,9 @@ def check_top_level(data: dict[str, Any], path: Path) -> None:
 
 
 def check_runner_tables(data: dict[str, Any], path: Path, known: list[str], aliases: dict[str, str]) -> None:
-    """Every [runners.NAME] table must name a known runner (an alias there would be ignored)."""
+    """Every [runners.NAME] table must name a known runner (an alias there would be ignored),
+    and so must the default `runner = "..."` unless it names a route."""
+    check_default_runner(data, path, known, aliases)
     for name in data.get("runners", {}):
         if name not in known:
             proper = aliases.get(name)
@@ -105,6 +110,32 @@ def check_runner_tables(data: dict[str, Any], path: Path, known: list[str], alia
                 if proper
                 else "`llmrun runners` lists the runners; a table with a `command` defines a runner of your own",
             )
+
+
+def check_default_runner(data: dict[str, Any], path: Path, known: list[str], aliases: dict[str, str]) -> None:
+    """`runner = "..."` names a runner, an alias, or a route (several runners, a [routes.NAME]).
+    Not checked while $LLMRUN_RUNNER overrides it: that is the way around a wrong one."""
+    name = data.get("runner")
+    if (
+        os.environ.get("LLMRUN_RUNNER")
+        or not isinstance(name, str)
+        or not name.strip()
+        or "," in name
+        or name.strip() in (data.get("routes") or {})
+    ):
+        return
+    key = name.strip().lower()
+    if key in known or key in aliases or key.replace("-", "_") in known:
+        return
+    from .registry import runner_suggestions
+
+    close = runner_suggestions(name, known)
+    raise ConfigError(
+        f"{path}: runner = {name!r}: unknown runner; known runners: {', '.join(known)}",
+        hint=f"did you mean {close}? `llmrun runners` lists the runners"
+        if close
+        else "`llmrun runners` lists the runners",
+    )
 
 
 def defined_runner_tables(data: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ and an `http_status` for the daemon.
 
 from __future__ import annotations
 
+import signal
+
 
 class LlmrunError(Exception):
     exit_code = 1
@@ -51,21 +53,45 @@ class RunnerError(LlmrunError):
         self.runner = runner
         self.process_exit_code = exit_code
         self.stderr = stderr
+        self.stopped: str | None = None
+        """Set when llmrun stopped the tool with a signal: after what ("" when not known)."""
 
     def __str__(self) -> str:
         text = self.message
-        if self.process_exit_code is not None and "exit code" not in text:
-            text += f" (exit code {self.process_exit_code})"
+        code = self.process_exit_code
+        if code is not None and code < 0:
+            # A signal's negative code is Python's, not the tool's: say what happened instead.
+            ended = ended_by_signal(-code, self.stopped)
+            if f"exited with code {code}" in text:
+                return text.replace(f"exited with code {code}", f"did not finish: {ended}", 1)
+            return f"{text} ({ended})"
+        if code is not None and "exit code" not in text:
+            text += f" (exit code {code})"
         return text
 
-    def with_process(self, *, runner: str, exit_code: int | None, stderr: str) -> RunnerError:
+    def with_process(
+        self, *, runner: str, exit_code: int | None, stderr: str, stopped: str | None = None
+    ) -> RunnerError:
         """Fill in the process facts that were not known where the error was raised."""
         self.runner = self.runner or runner
         if self.process_exit_code is None:
             self.process_exit_code = exit_code
         if not self.stderr:
             self.stderr = stderr
+        if self.stopped is None:
+            self.stopped = stopped
         return self
+
+
+def ended_by_signal(number: int, stopped: str | None) -> str:
+    """'llmrun stopped it (SIGTERM) 3 s after ...', or 'it was killed by SIGKILL, not by llmrun'."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    if stopped is None:
+        return f"it was killed by {name}, not by llmrun"
+    return f"llmrun stopped it ({name})" + (f" {stopped}" if stopped else "")
 
 
 class BinaryNotFound(RunnerError):
@@ -180,6 +206,7 @@ ERRORS_BY_NAME: dict[str, type[LlmrunError]] = {
         RunnerTimeout,
         ProcessFailed,
         OutputParseError,
+        StructuredOutputError,
         OutputTooLarge,
         Cancelled,
         UnsupportedFeature,

@@ -77,9 +77,15 @@ def write_file(data: str | bytes, *, prefix: str = "", suffix: str = "") -> str:
     return path
 
 
-def mkdtemp(*, prefix: str = "", parent: str | None = None) -> str:
-    """A new directory (mode 0700) in the private directory; its path."""
-    return tempfile.mkdtemp(prefix=prefix, dir=directory(parent))
+def mkdtemp(*, prefix: str = "", parent: str | None = None, for_run: bool = False) -> str:
+    """A new directory (mode 0700) in the private directory; its path.
+
+    One `for_run` goes with its run: inside `removed_on_failure` it is also removed when
+    that block fails, as `write_file`'s files are."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=directory(parent))
+    if for_run and (written := _written.get()) is not None:
+        written.append(path)
+    return path
 
 
 @contextlib.contextmanager

@@ -206,6 +206,8 @@ class Child:
         self._pty_queue: asyncio.Queue[bytes] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._closed = False
+        self.stopped: str | None = None
+        """Set when llmrun signalled the tool before it exited: why ("" when the run ended first)."""
 
     # --- start ---------------------------------------------------------------------------
 
@@ -447,6 +449,7 @@ class Child:
         try:
             return await asyncio.wait_for(asyncio.shield(self._exited), self.limits.exit_grace)
         except asyncio.TimeoutError:
+            self.stopped = f"{self.limits.exit_grace:g} s after it closed its output without exiting"
             await self.close()
             return self.returncode if self.returncode is not None else -signal.SIGKILL
 
@@ -457,6 +460,7 @@ class Child:
         self._closed = True
         assert self._exited is not None
         if not self._exited.done():
+            self.stopped = self.stopped or ""
             _signal_group(self.pid, signal.SIGTERM)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exited), self.limits.kill_grace)

@@ -7,10 +7,12 @@ runner. Other packages add runners through the entry-point group `llmrun.runners
 
 from __future__ import annotations
 
+import difflib
 import importlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunnerNotFound
+from .errors import LlmrunError, ModelNotFound, RunnerNotFound
 
 if TYPE_CHECKING:
     from .runners.base import Runner
@@ -126,10 +128,51 @@ def get_runner_class(name: str) -> type[Runner]:
     configured = _configured()
     if key in configured:
         return configured[key]
-    known = ", ".join(runner_names())
-    raise RunnerNotFound(f"unknown runner {name!r}; known runners: {known}", hint="see `llmrun runners`")
+    names = runner_names()
+    hint = "see `llmrun runners`"
+    if close := runner_suggestions(name, names):
+        hint = f"did you mean {close}? {hint}"
+    raise RunnerNotFound(f"unknown runner {name!r}; known runners: {', '.join(names)}", hint=hint)
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
+    """The candidates that look like a misspelling of `word`, closest first."""
+    by_key = {candidate.lower(): candidate for candidate in candidates}
+    return [by_key[key] for key in difflib.get_close_matches(word.strip().lower(), by_key, n=3, cutoff=0.6)]
+
+
+def runner_suggestions(name: str, names: Iterable[str]) -> str:
+    """`'claude' or 'kimi'`: the runners a mistyped name may have meant, each once, spelled as
+    the closest of its name and aliases; empty when nothing is close."""
+    known = list(names)
+    runner_of = {**{n: n for n in known}, **{alias: runner for alias, runner in ALIASES.items() if runner in known}}
+    closest: dict[str, str] = {}
+    for match in close_matches(name, runner_of):
+        closest.setdefault(runner_of[match], match)
+    return " or ".join(f"{match!r}" for match in closest.values())
 
 
 def get_runner(name: str, **settings: Any) -> Runner:
     """A runner instance by name or alias; settings override the config file and environment."""
     return get_runner_class(name)(**settings)
+
+
+async def model_suggestions(runner: Runner, model: str) -> str:
+    """`'sonnet' or 'opus'`: the models of the runner a mistyped model name may have meant.
+    Only a suggestion: a name the runner does not list may still be one the tool knows."""
+    try:
+        models = await runner.available_models()
+    except LlmrunError:
+        models = runner.known_models()
+    model_of = {name: m.id for m in models for name in (m.id, *m.aliases)}
+    closest: dict[str, str] = {}
+    for match in close_matches(model, model_of):
+        closest.setdefault(model_of[match], match)
+    return " or ".join(f"{match!r}" for match in closest.values())
+
+
+async def with_model_suggestion(exc: ModelNotFound, runner: Runner, model: str | None) -> ModelNotFound:
+    """The error, its hint led by "did you mean ..." when the runner knows a model close to `model`."""
+    if model and (close := await model_suggestions(runner, model)):
+        exc.hint = "\n".join(part for part in (f"did you mean {close}?", exc.hint) if part)
+    return exc

@@ -26,6 +26,8 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name)
     monkeypatch.setenv("LLMRUN_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # `chat --continue` remembers sessions there
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # `llmrun chat` logs its turns there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the command remembers tool checks there
 
 
 @pytest.fixture

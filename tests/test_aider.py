@@ -163,6 +163,20 @@ def test_answer_and_usage_from_the_captured_run(size: int) -> None:
     assert parser.finished and parser.error is None
 
 
+@pytest.mark.parametrize("size", [0, 1, 7])
+def test_the_model_is_the_one_aiders_banner_names(size: int) -> None:
+    # No model asked for: aider's own setting chooses, and its banner says which.
+    parser = AiderParser()
+    text = stdout_of("message")
+    size = size or len(text)
+    chunks = [c for start in range(0, len(text), size) for c in parser.feed(text[start : start + size])]
+    chunks += parser.close()
+    assert chunks[-1].model == "openai/mock-model"
+    main = AiderParser(model="asked")
+    main.feed(BANNER.replace("Model: openai/mock-model with", "Main model: anthropic/claude-x with"))
+    assert main.model == "anthropic/claude-x"
+
+
 @pytest.mark.parametrize("size", [0, 1, 5])
 def test_reasoning_becomes_thinking(size: int) -> None:
     _, chunks = replay(stdout_of("message-thinking"), size)

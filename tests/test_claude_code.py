@@ -42,7 +42,7 @@ def test_command_line_defaults() -> None:
     invocation = ClaudeCodeRunner().build_invocation(ChatRequest.of("hello"), "claude")
     argv = invocation.argv
     assert argv[:6] == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
-    assert argv[argv.index("--model") + 1] == "sonnet"
+    assert "--model" not in argv  # none asked for: claude's own choice applies
     assert argv[argv.index("--tools") + 1] == ""  # agent tools off unless allowed
     assert "hello" not in argv and invocation.stdin == b"hello"
     assert "CLAUDECODE" in invocation.env_remove
@@ -127,6 +127,20 @@ async def test_child_environment(claude: FakeRun, monkeypatch: pytest.MonkeyPatc
     assert second["env"]["CLAUDE_CODE_MAX_RETRIES"] == "7"
 
 
+async def test_sampling_parameters_are_named_as_ignored_or_refused(claude: FakeRun) -> None:
+    request = ChatRequest.of("hi", temperature=0.3, top_p=0.5, seed=7, max_tokens=100)
+    response = await claude.runner().complete(request)
+    assert ClaudeCodeRunner.honoured_parameters == {}  # claude has no setting for any of them
+    assert response.warnings == [
+        f"ignored parameter {name}: Claude Code has no way to set it" for name in ("temperature", "top_p", "seed")
+    ]
+    (recorded,) = claude.invocations()
+    assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in recorded["env"]  # a cap per request, not on the answer
+    with pytest.raises(llmrun.UnsupportedFeature, match="seed"):
+        await claude.runner().complete(ChatRequest.of("hi", seed=7, strict_params=True))
+    assert len(claude.invocations()) == 1  # refused before claude started
+
+
 def test_empty_requests_are_refused_before_starting_the_tool() -> None:
     with pytest.raises(llmrun.InvalidRequest, match="no message"):
         ClaudeCodeRunner().check_request(ChatRequest.of("  "))
@@ -138,9 +152,9 @@ def test_empty_requests_are_refused_before_starting_the_tool() -> None:
 def test_unsupported_requests_are_refused_not_dropped() -> None:
     with pytest.raises(llmrun.UnsupportedFeature):
         ClaudeCodeRunner().check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
-    image = llmrun.ImagePart(url="https://example.invalid/cat.png")
-    with pytest.raises(llmrun.UnsupportedFeature):
-        ClaudeCodeRunner().check_request(ChatRequest(messages=[Message.user("look", images=[image])]))
+    image = llmrun.ImagePart(url="https://example.invalid/cat.png")  # claude takes images as data only
+    with pytest.raises(llmrun.UnsupportedFeature, match="as data"):
+        ClaudeCodeRunner().build_invocation(ChatRequest(messages=[Message.user("look", images=[image])]), "claude")
 
 
 # --- reading the captured output ---------------------------------------------------------
@@ -324,11 +338,14 @@ def test_third_party_runners_through_entry_points(monkeypatch: pytest.MonkeyPatc
     assert isinstance(get_runner("echo_plugin"), EchoRunner)
 
 
-def test_metadata() -> None:
+def test_metadata(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ANTHROPIC_MODEL", raising=False)
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path))  # no settings: claude's built-in default
     meta = ClaudeCodeRunner().metadata()
     assert meta.name == "claude_code" and meta.display_name == "Claude Code"
     assert meta.capabilities.token_streaming and meta.capabilities.cost
-    assert any(m.is_default and "sonnet" in m.aliases for m in meta.models)
+    assert meta.default_model is None and not any(m.is_default for m in meta.models)
+    assert any("sonnet" in m.aliases for m in meta.models)  # the built-in list stays
 
 
 def test_sync_convenience(claude: FakeRun) -> None:
@@ -343,3 +360,47 @@ async def test_health_reports_a_failing_auth_check_as_error(claude: FakeRun) -> 
 
     report = await HangingAuth().health()
     assert report.status == "error" and "auth check failed" in report.message
+
+
+# --- images ---------------------------------------------------------------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def test_images_go_as_image_blocks_of_one_stream_json_message() -> None:
+    image = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    request = ChatRequest(messages=[Message.user("What is this?", images=[image])], system="Be brief.")
+    inv = ClaudeCodeRunner().build_invocation(request, "claude")
+    assert inv.argv[inv.argv.index("--input-format") + 1] == "stream-json"
+    assert inv.argv[inv.argv.index("--system-prompt") + 1] == "Be brief."
+    assert inv.stdin is not None and inv.stdin.endswith(b"\n")
+    line = json.loads(inv.stdin)
+    assert line["type"] == "user" and line["message"]["role"] == "user"
+    assert line["message"]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_DATA}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    assert inv.temp_files == []  # the image travels on stdin: no file
+
+
+def test_a_request_without_images_keeps_plain_text_input() -> None:
+    inv = ClaudeCodeRunner().build_invocation(ChatRequest.of("hi"), "claude")
+    assert "--input-format" not in inv.argv and inv.stdin == b"hi"
+
+
+def test_a_resumed_session_sends_only_the_new_turns_images() -> None:
+    old = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    new = llmrun.ImagePart(url=f"data:image/gif;base64,{PNG_DATA}")
+    history = [Message.user("first", images=[old]), Message.assistant("a cat"), Message.user("and this?", images=[new])]
+    inv = ClaudeCodeRunner().build_invocation(ChatRequest(messages=history, session_id="abc-1"), "claude")
+    assert inv.stdin is not None
+    blocks = json.loads(inv.stdin)["message"]["content"]
+    assert [b["source"]["media_type"] for b in blocks if b["type"] == "image"] == ["image/gif"]
+
+
+def test_an_image_of_another_kind_or_bad_data_is_refused() -> None:
+    svg = llmrun.ImagePart(data="PHN2Zz4=", media_type="image/svg+xml")
+    broken = llmrun.ImagePart(data="not base64!", media_type="image/png")
+    for image in (svg, broken):
+        with pytest.raises(llmrun.UnsupportedFeature):
+            ClaudeCodeRunner().build_invocation(ChatRequest(messages=[Message.user("x", images=[image])]), "claude")

@@ -279,7 +279,7 @@ def test_debug_shows_traceback_and_tool_stderr(claude: FakeRun) -> None:
 def test_unexpected_errors_are_one_line_without_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     from llmrun.cli import views
 
-    def broken() -> list[dict[str, Any]]:
+    def broken(**_: Any) -> list[dict[str, Any]]:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(views, "runner_rows", broken)
@@ -317,7 +317,7 @@ def test_runners_json_lists_every_runner(claude: FakeRun, monkeypatch: pytest.Mo
     claude_row = rows["claude_code"]
     assert claude_row["installed"] is True and claude_row["version"] == "2.1.197"
     assert claude_row["authenticated"] is True and claude_row["binary"] == str(claude.tool.binary)
-    assert claude_row["default_model"] == "sonnet" and "claude" in claude_row["aliases"]
+    assert claude_row["default_model"] is None and "claude" in claude_row["aliases"]  # claude's own choice
     assert claude_row["capabilities"]["token_streaming"] is True
     assert claude_row["parameters"]["stop"].startswith("llmrun ends the answer")  # llmrun's own, for all
     assert "seed" not in claude_row["parameters"]
@@ -374,6 +374,7 @@ def test_models_marks_builtin_and_discovered(monkeypatch: pytest.MonkeyPatch, cl
     monkeypatch.setattr(sys.modules[__name__], "Listing", Listing, raising=False)
     monkeypatch.setitem(registry.BUILTIN, "listing", f"{__name__}:Listing")
     monkeypatch.setenv("LLMRUN_LISTING_BIN", str(claude.tool.binary))
+    monkeypatch.setenv("LLMRUN_LISTING_MODEL", "sonnet")  # the configured model is the default one
     result = cli.invoke(app, ["models", "-r", "listing", "--json"])
     assert result.exit_code == 0, result.stderr
     models = {m["id"]: m for m in json.loads(result.stdout)}
@@ -496,7 +497,7 @@ def test_config_show_merges_file_and_environment(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('runer = "claude"\n', "unknown key 'runer'; expected one of routes, runner, runners, server"),
+        ('runer = "claude"\n', "unknown key 'runer'; expected one of log, routes, runner, runners, server"),
         ("runner = 3\n", "runner: expected a runner name"),
         ('[runners.claude_code]\ntimeout = "soon"\n', "timeout: expected a number of seconds"),
         ("[runners.claude_code]\nbinry = 1\n", "unknown key 'binry'"),

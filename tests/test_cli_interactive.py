@@ -78,11 +78,20 @@ def llmrun(spawned: list[pexpect.spawn], *args: str, **env: str) -> pexpect.spaw
     return child
 
 
+# What the conversation runs before the first prompt, to check that the tool is ready.
+CHECKS = (["--version"], ["status"], ["auth", "status"])
+
+
+def runs(fake: FakeRun) -> list[dict[str, Any]]:
+    """The tool's runs for the conversation, without those of the checks at its start."""
+    return [inv for inv in fake.invocations() if inv["argv"] not in CHECKS]
+
+
 def wait_for_invocations(fake: FakeRun, count: int, within: float = 30) -> list[dict[str, Any]]:
     deadline = time.monotonic() + within
-    while len(fake.invocations()) < count and time.monotonic() < deadline:
+    while len(runs(fake)) < count and time.monotonic() < deadline:
         time.sleep(0.02)
-    invocations = fake.invocations()
+    invocations = runs(fake)
     assert len(invocations) >= count
     return invocations
 
@@ -113,7 +122,7 @@ def test_second_turn_resumes_the_first_ones_session(
     child.expect(f"session: {CURSOR_SESSION}")
     child.sendline("/exit")
     assert ended(child) == 0
-    first, second = sorted(cursor.invocations(), key=lambda inv: "--resume" in " ".join(inv["argv"]))
+    first, second = sorted(runs(cursor), key=lambda inv: "--resume" in " ".join(inv["argv"]))
     assert f"--resume={CURSOR_SESSION}" not in first["argv"] and first["stdin"] == "first question"
     assert f"--resume={CURSOR_SESSION}" in second["argv"]
     assert second["stdin"] == "second question"  # the session holds the first turn, not the prompt
@@ -204,7 +213,7 @@ def test_continue_opens_the_conversation_on_the_last_session(
     child.expect("Hello from mock")
     child.sendline("/exit")
     assert ended(child) == 0
-    (invocation,) = cursor.invocations()
+    (invocation,) = runs(cursor)
     assert "--resume=s-1" in invocation["argv"]
 
 
@@ -226,7 +235,7 @@ def test_one_claude_process_answers_every_turn_and_survives_ctrl_c(
     child.sendline("What is my name?")
     child.expect("Your name is Ann.")
     child.expect("> ")
-    (invocation,) = claude.invocations()  # one process for both turns
+    (invocation,) = runs(claude)  # one process for both turns
     assert "--input-format" in invocation["argv"] and is_alive(invocation["pid"])
     child.sendline("/exit")
     assert ended(child) == 0
@@ -238,14 +247,15 @@ def test_one_claude_process_answers_every_turn_and_survives_ctrl_c(
 
 def test_spinner_then_dimmed_thinking_then_answer(claude: FakeRun, spawned: list[pexpect.spawn]) -> None:
     claude.scenario("thinking-partial")
-    child = llmrun(spawned, "chat", "-r", "claude", "-u", "hi", LLMRUN_FAKE_DELAY="0.05")
+    # No model asked for: the spinner names the one claude's own setting chooses.
+    child = llmrun(spawned, "chat", "-r", "claude", "-u", "hi", LLMRUN_FAKE_DELAY="0.05", ANTHROPIC_MODEL="sonnet")
     child.expect(r"Claude Code \(sonnet\) is thinking")  # the spinner, before any token
     child.expect_exact("\x1b[2mThe user greets me. ")
     child.expect_exact("\x1b[0m")
     child.expect("Hello after thinking")
     child.expect("tokens: ")
     assert ended(child) == 0
-    assert claude.invocations()[0]["stdin"] == "hi"
+    assert runs(claude)[0]["stdin"] == "hi"
 
 
 @pytest.mark.parametrize("how", ["--no-color", "NO_COLOR"])

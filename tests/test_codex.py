@@ -89,7 +89,7 @@ def test_command_line_defaults() -> None:
     argv = inv.argv
     exec_at = argv.index("exec")
     assert argv[exec_at : exec_at + 5] == ["exec", "--json", "--skip-git-repo-check", "--sandbox", "read-only"]
-    assert option(argv, "-m") == "gpt-6.1-sol"
+    assert "-m" not in argv  # none asked for: codex's own choice applies
     assert argv[-1] == "-" and "hello" not in " ".join(argv)
     assert inv.stdin == b"hello"
     assert "-C" not in argv and inv.cwd is None
@@ -242,12 +242,27 @@ def test_toml_tables() -> None:
 
 
 async def test_temporary_files_are_removed_after_the_run(codex: FakeRun) -> None:
+    codex.scenario("runner-schema")  # an answer that holds the JSON asked for
     request = ChatRequest.of("hi", system="Be terse", json_schema={"type": "object"})
     await codex.runner().complete(request)
     (recorded,) = codex.invocations()
     schema = option(recorded["argv"], "--output-schema")
     system = tomllib.loads("v = " + settings_in(["codex", *recorded["argv"]])["model_instructions_file"])["v"]
     assert not Path(schema).exists() and not Path(system).exists()
+
+
+async def test_sampling_parameters_are_named_as_ignored_or_refused(codex: FakeRun) -> None:
+    request = ChatRequest.of("hi", temperature=0.3, top_p=0.5, seed=7, max_tokens=100)
+    response = await codex.runner().complete(request)
+    assert CodexRunner.honoured_parameters == {}  # codex has no setting for any of them
+    assert response.warnings == [
+        f"ignored parameter {name}: OpenAI Codex has no way to set it" for name in ("temperature", "top_p", "seed")
+    ]
+    (recorded,) = codex.invocations()
+    assert not any(word in " ".join(recorded["argv"]) for word in ("temperature", "top_p", "seed"))
+    with pytest.raises(llmrun.UnsupportedFeature, match="temperature"):
+        await codex.runner().complete(ChatRequest.of("hi", temperature=0.3, strict_params=True))
+    assert len(codex.invocations()) == 1  # refused before codex started
 
 
 # --- reading the captured output ---------------------------------------------------------
@@ -558,10 +573,13 @@ async def test_health_outdated_and_not_installed(tmp_path: Path, monkeypatch: py
     assert report.status == "not_installed" and report.hint and "npm install -g @openai/codex" in report.hint
 
 
-async def test_models_from_the_catalog(codex: FakeRun) -> None:
+async def test_models_from_the_catalog(codex: FakeRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('model = "gpt-5.5"\n')
     models = await codex.runner().available_models()
     ids = [m.id for m in models]
-    assert ids[0] == "gpt-6.1-sol" and models[0].is_default
+    assert ids[0] == "gpt-6.1-sol"
+    assert [m.id for m in models if m.is_default] == ["gpt-5.5"]  # the model of codex's own config
     assert "gpt-5.5" in ids and "codex-auto-review" not in ids  # hidden in the catalog
     assert all(m.source == "builtin" for m in models)  # codex lists what llmrun already knows
 
@@ -583,7 +601,7 @@ def test_names_and_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_metadata() -> None:
     meta = CodexRunner().metadata()
-    assert meta.display_name == "OpenAI Codex" and meta.default_model == "gpt-6.1-sol"
+    assert meta.display_name == "OpenAI Codex" and meta.default_model is None  # codex's own choice
     caps = meta.capabilities
     assert caps.streaming and not caps.token_streaming and caps.prompt_via_stdin
     assert caps.sessions and caps.agent_tools and caps.json_schema and caps.images and not caps.cost

@@ -164,8 +164,9 @@ def test_unsupported_requests_are_refused_not_dropped() -> None:
     runner = CopilotRunner()
     with pytest.raises(llmrun.UnsupportedFeature):
         runner.check_request(ChatRequest.of("hi", tools=[llmrun.ToolSpec(name="f")]))
-    with pytest.raises(llmrun.UnsupportedFeature):
-        runner.check_request(ChatRequest(messages=[Message.user("x", images=[llmrun.ImagePart(url="http://i")])]))
+    url = llmrun.ImagePart(url="http://i")
+    with pytest.raises(llmrun.UnsupportedFeature, match="as data"):  # copilot attaches images as files of data
+        runner.build_invocation(ChatRequest(messages=[Message.user("x", images=[url])]), "copilot")
 
 
 # --- reading the captured output ---------------------------------------------------------
@@ -510,3 +511,31 @@ async def test_probe_shows_a_missing_login(copilot: FakeRun) -> None:
     copilot.scenario("llmrun-noauth")
     report = await copilot.runner().health(probe=True)
     assert report.status == "unauthenticated" and "No authentication information found" in report.message
+
+
+# --- images ---------------------------------------------------------------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def test_images_are_attachments_of_private_files() -> None:
+    import base64
+
+    from llmrun import process
+
+    images = [
+        llmrun.ImagePart(data=PNG_DATA, media_type="image/png"),
+        llmrun.ImagePart(url=f"data:image/webp;base64,{PNG_DATA}"),
+    ]
+    inv = CopilotRunner().build_invocation(ChatRequest(messages=[Message.user("What?", images=images)]), "copilot")
+    try:
+        paths = [arg.partition("=")[2] for arg in inv.argv if arg.startswith("--attachment=")]
+        assert [os.path.splitext(p)[1] for p in paths] == [".png", ".webp"]
+        for path in paths:
+            assert path in inv.temp_files
+            assert Path(path).read_bytes() == base64.b64decode(PNG_DATA)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert inv.stdin == b"What?"
+    finally:
+        for temp in inv.temp_files:
+            process.remove_path(temp)

@@ -62,8 +62,7 @@ def test_command_line_defaults(runner: GeminiRunner) -> None:
         "",
         "--output-format",
         "stream-json",
-        "--model=flash",  # always a model: without one gemini first asks a router model
-        "--skip-trust",
+        "--skip-trust",  # no --model: none asked for, so gemini's own choice applies
         "--approval-mode=default",  # headless default mode registers read-only tools only
     ]
     assert invocation.stdin == b"-hello"  # over stdin, so a leading dash is never an option
@@ -161,6 +160,53 @@ def test_administrator_defaults_are_kept_or_left_alone(monkeypatch: pytest.Monke
     assert gemini._bounded_system_defaults() == {"general": {"maxAttempts": 1}}  # gemini would skip it
 
 
+def test_sampling_parameters_go_in_a_system_settings_file_of_the_run(
+    runner: GeminiRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secure = tmp_path / "secure"
+    secure.mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(gemini, "_root_only_base", lambda: str(secure))
+    monkeypatch.setattr(gemini, "_root_only", lambda path: True)
+    monkeypatch.setattr(GeminiRunner, "honoured_parameters", gemini.HONOURED_AS_ROOT)  # as when llmrun runs as root
+    machine = tmp_path / "settings.json"
+    machine.write_text('{"ui": {"theme": "x"} // gemini allows comments\n}')
+    monkeypatch.setenv("GEMINI_CLI_SYSTEM_SETTINGS_PATH", str(machine))
+    monkeypatch.setenv("GEMINI_CLI_HOME", str(tmp_path / "home"))
+    users = {"match": {"model": "gemini-2.5-pro"}, "modelConfig": {"generateContentConfig": {"topK": 5}}}
+    (tmp_path / "home" / ".gemini").mkdir(parents=True)
+    (tmp_path / "home" / ".gemini" / "settings.json").write_text(
+        json.dumps({"modelConfigs": {"customOverrides": [users]}})
+    )
+    assert "GEMINI_CLI_SYSTEM_SETTINGS_PATH" not in runner.build_invocation(ChatRequest.of("hi"), "gemini").env
+
+    request = ChatRequest.of("hi", temperature=0.3, max_tokens=77, top_p=0.5, seed=7, frequency_penalty=0.2)
+    invocation = runner.build_invocation(request, "gemini")
+    path = invocation.env["GEMINI_CLI_SYSTEM_SETTINGS_PATH"]
+    assert path.startswith(str(secure)) and path in invocation.temp_files
+    assert invocation.env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"].startswith(str(secure))  # not looked for beside it
+    settings = json.loads(Path(path).read_text())
+    assert settings["ui"] == {"theme": "x"}  # the machine's own system settings still hold
+    config = {"temperature": 0.3, "topP": 0.5, "maxOutputTokens": 77, "seed": 7, "frequencyPenalty": 0.2}
+    ours = {"match": {"isChatModel": True}, "modelConfig": {"generateContentConfig": config}}
+    assert settings["modelConfigs"]["customOverrides"] == [users, ours]
+    machine.write_text("{not json")  # gemini would fail on it: better refused than dropped
+    with pytest.raises(llmrun.UnsupportedFeature, match="cannot be read"):
+        runner.build_invocation(request, "gemini")
+
+
+async def test_sampling_parameters_gemini_would_not_read_are_named_or_refused(
+    fake_gemini: FakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GeminiRunner, "honoured_parameters", {})  # as when llmrun does not run as root
+    response = await fake_gemini.runner().complete(ChatRequest.of("hi", temperature=0.3, max_tokens=500))
+    assert response.warnings == ["ignored parameter temperature: Gemini CLI has no way to set it"]
+    (invocation,) = fake_gemini.invocations()
+    assert "GEMINI_CLI_SYSTEM_SETTINGS_PATH" not in invocation["env"]
+    with pytest.raises(llmrun.UnsupportedFeature, match="temperature"):
+        await fake_gemini.runner().complete(ChatRequest.of("hi", temperature=0.3, strict_params=True))
+
+
 def test_root_only_is_gemini_s_check(tmp_path: Path) -> None:
     assert not gemini._root_only(str(tmp_path))  # below /tmp, writable by all
     assert gemini._root_only("/") == (os.stat("/").st_uid == 0 and not os.stat("/").st_mode & 0o022)
@@ -194,6 +240,21 @@ def test_text_streams_as_deltas_with_usage_model_and_session() -> None:
     assert final.model == "gemini-2.5-flash"
     init = json.loads((CAPTURES / "stream-json-text.stdout").read_text().splitlines()[0])
     assert final.session_id == init["session_id"]
+
+
+@pytest.mark.parametrize(
+    ("capture", "limit", "reason"),
+    [
+        ("stream-json-text", None, "stop"),
+        ("stream-json-text", 8, "stop"),
+        ("stream-json-text", 7, "length"),  # the answer is 7 tokens
+        ("mock-tooluse-stream-yolo", 7, "stop"),  # the stats add up every request of a run with tools
+    ],
+)
+def test_an_answer_that_used_the_whole_limit_was_cut(capture: str, limit: int | None, reason: str) -> None:
+    parser = GeminiParser(max_tokens=limit)
+    chunks = [c for line in (CAPTURES / f"{capture}.stdout").read_text().splitlines() for c in parser.feed(line)]
+    assert chunks[-1].finish_reason == reason
 
 
 def test_routed_model_is_the_one_that_answered() -> None:
@@ -433,5 +494,52 @@ def test_names_and_metadata() -> None:
     assert canonical_name("gemini-cli") == canonical_name("Gemini_CLI") == "gemini"
     assert get_runner_class("gemini") is GeminiRunner
     meta = GeminiRunner().metadata()
-    assert meta.default_model == "flash" and meta.capabilities.token_streaming and meta.capabilities.prompt_via_stdin
-    assert any(m.is_default and "flash" in m.aliases for m in meta.models)
+    assert meta.default_model is None and meta.capabilities.token_streaming and meta.capabilities.prompt_via_stdin
+    assert any("flash" in m.aliases for m in meta.models)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def test_images_are_at_references_to_a_directory_of_the_run(runner: GeminiRunner) -> None:
+    import base64
+
+    from llmrun import process
+
+    images = [
+        llmrun.ImagePart(data=PNG_DATA, media_type="image/png"),
+        llmrun.ImagePart(data=PNG_DATA, media_type="image/jpeg"),
+    ]
+    inv = runner.build_invocation(ChatRequest(messages=[Message.user("Compare them", images=images)]), "gemini")
+    try:
+        (folder,) = [arg.partition("=")[2] for arg in inv.argv if arg.startswith("--include-directories=")]
+        assert folder in inv.temp_files  # removed with the run
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        paths = [os.path.join(folder, "image-1.png"), os.path.join(folder, "image-2.jpg")]
+        assert sorted(os.path.join(folder, name) for name in os.listdir(folder)) == paths  # nothing else to read
+        for path in paths:
+            assert Path(path).read_bytes() == base64.b64decode(PNG_DATA)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert inv.stdin is not None
+        assert inv.stdin.decode() == f"Compare them\n\n@{paths[0]} @{paths[1]}"
+    finally:
+        for path in inv.temp_files:
+            process.remove_path(path)
+
+
+def test_a_request_without_images_names_no_directory(runner: GeminiRunner) -> None:
+    inv = runner.build_invocation(ChatRequest.of("hi"), "gemini")
+    assert not any(arg.startswith("--include-directories") for arg in inv.argv)
+    assert inv.stdin == b"hi"
+
+
+def test_an_image_url_is_refused_before_anything_is_written(runner: GeminiRunner) -> None:
+    from llmrun import private
+
+    before = set(os.listdir(private.directory()))
+    images = [llmrun.ImagePart(data=PNG_DATA, media_type="image/png"), llmrun.ImagePart(url="https://e.invalid/a.png")]
+    with pytest.raises(llmrun.UnsupportedFeature, match="as data"):
+        runner.prepared_invocation(ChatRequest(messages=[Message.user("x", images=images)]))
+    assert set(os.listdir(private.directory())) <= before

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("any_llm", reason="any-llm is not installed: pip install 'llmrun[anyllm]'")
+pytest.importorskip("any_llm", reason="any-llm is not installed: pip install 'llmrun-cli[anyllm]'")
 
 import any_llm
 from any_llm.types.completion import ChatCompletion, ChatCompletionChunk
@@ -279,5 +279,5 @@ def without_anyllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_without_anyllm_the_error_names_the_extra(without_anyllm: None) -> None:
-    with pytest.raises(ImportError, match=r"pip install 'llmrun\[anyllm\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'llmrun-cli\[anyllm\]'"):
         importlib.import_module("llmrun.integrations.anyllm")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip(
-    "langchain_core", reason="the LangChain adapter needs langchain-core: pip install 'llmrun[langchain]'"
+    "langchain_core", reason="the LangChain adapter needs langchain-core: pip install 'llmrun-cli[langchain]'"
 )
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage

@@ -13,7 +13,7 @@ import pytest
 
 # LiteLLM fetches its model cost map from the network at import unless told to use its copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-litellm = pytest.importorskip("litellm", reason="LiteLLM is not installed: pip install 'llmrun[litellm]'")
+litellm = pytest.importorskip("litellm", reason="LiteLLM is not installed: pip install 'llmrun-cli[litellm]'")
 
 import llmrun  # noqa: E402
 from llmrun import ChatChunk, ChatRequest, HealthReport, Runner, Usage  # noqa: E402
@@ -296,4 +296,4 @@ def test_without_litellm_the_import_error_names_the_extra() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
-    assert "pip install 'llmrun[litellm]'" in result.stdout
+    assert "pip install 'llmrun-cli[litellm]'" in result.stdout

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip(
     "spoon_ai",
     minversion="0.3.2",
-    reason="spoon-ai-sdk >= 0.3.2 is not installed (it declares Python >= 3.12; pip install 'llmrun[spoon]'); "
+    reason="spoon-ai-sdk >= 0.3.2 is not installed (it declares Python >= 3.12; pip install 'llmrun-cli[spoon]'); "
     "tests/test_integration_spoon_venv.py runs these tests in a virtualenv that has it",
 )
 
@@ -335,7 +335,7 @@ async def test_metadata_and_health_come_from_the_runner(claude: FakeRun) -> None
     metadata = provider.get_metadata()
     assert (metadata.name, metadata.version, metadata.max_tokens) == ("llmrun/claude_code", llmrun.__version__, 1000)
     assert ProviderCapability.STREAMING in metadata.capabilities and ProviderCapability.TOOLS in metadata.capabilities
-    assert ProviderCapability.VISION not in metadata.capabilities  # claude_code takes no images through llmrun
+    assert ProviderCapability.VISION in metadata.capabilities  # claude_code takes images
     assert metadata.supports_system_messages is True
     assert await provider.health_check() is True
     assert await LlmrunProvider(RecordingRunner(status="unauthenticated")).health_check() is False

@@ -146,7 +146,7 @@ async def test_stdio_default_runner_comes_from_the_environment(
     claude_code = next(r for r in listing["runners"] if r["name"] == "claude_code")
     assert claude_code["installed"] is True and claude_code["sessions"] is True
     assert claude_code["display_name"] == "Claude Code"
-    assert claude_code["models"] and claude_code["default_model"]
+    assert claude_code["models"] and claude_code["default_model"] is None  # claude's own choice
 
 
 async def test_stdio_health_of_one_runner(claude: FakeRun) -> None:
@@ -215,7 +215,7 @@ def test_mcp_without_the_sdk_says_how_to_install_it(tmp_path: Path) -> None:
 
     assert done.returncode == 2, done.stderr
     assert "needs the mcp package" in done.stderr
-    assert "pip install 'llmrun[mcp]'" in done.stderr
+    assert "pip install 'llmrun-cli[mcp]'" in done.stderr
     assert done.stdout == ""
 
 

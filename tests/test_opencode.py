@@ -461,3 +461,44 @@ async def test_available_models_come_from_opencode(opencode: FakeRun) -> None:
     opencode.monkeypatch.setenv("LLMRUN_FAKE_COMMANDS", json.dumps([[["models"], "models-with-provider"]]))
     assert "mock/mock-model" not in [m.id for m in await runner.available_models()]  # asked once per runner
     assert "mock/mock-model" in [m.id for m in await runner.available_models(refresh=True)]
+
+
+# --- images ---------------------------------------------------------------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def test_images_are_attached_files_readable_only_in_their_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from llmrun import process
+
+    monkeypatch.delenv("OPENCODE_CONFIG_CONTENT", raising=False)
+    image = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    inv = OpencodeRunner().build_invocation(ChatRequest(messages=[Message.user("What?", images=[image])]), "opencode")
+    try:
+        (path,) = [arg.partition("=")[2] for arg in inv.argv if arg.startswith("--file=")]
+        folder = os.path.dirname(path)
+        assert folder in inv.temp_files and os.path.basename(path) == "image-1.png"
+        config = json.loads(inv.env["OPENCODE_CONFIG_CONTENT"])
+        (agent,) = config["agent"].values()
+        assert agent["permission"]["external_directory"] == {"*": "deny", os.path.join(folder, "*"): "allow"}
+        assert inv.stdin == b"What?"
+    finally:
+        for temp in inv.temp_files:
+            process.remove_path(temp)
+
+
+def test_with_its_own_tools_the_run_keeps_opencode_permissions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrun import process
+
+    monkeypatch.delenv("OPENCODE_CONFIG_CONTENT", raising=False)
+    image = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    request = ChatRequest(messages=[Message.user("What?", images=[image])], allow_tools=True)
+    inv = OpencodeRunner().build_invocation(request, "opencode")
+    try:
+        assert sum(arg.startswith("--file=") for arg in inv.argv) == 1
+        assert "OPENCODE_CONFIG_CONTENT" not in inv.env  # no permission of llmrun's
+    finally:
+        for temp in inv.temp_files:
+            process.remove_path(temp)

@@ -36,7 +36,6 @@ pytestmark = pytest.mark.timeout(120)
 LONG_SYSTEM = "rule " * SYSTEM_PROMPT_ARGV_LIMIT  # long enough to go through a file
 
 
-
 @pytest.fixture
 def claude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
     yield from claude_fake(monkeypatch, tmp_path)

@@ -38,7 +38,6 @@ def qwen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRun:
     return FakeRun(tool, monkeypatch, record)
 
 
-
 @pytest.fixture(autouse=True)
 def no_machine_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No qwen system-defaults file of this machine takes part (tests may point at their own)."""
@@ -253,6 +252,59 @@ def test_the_runners_env_setting_is_honoured(tmp_path: Path) -> None:
     assert settings["model"]["generationConfig"]["maxRetries"] == 1
 
 
+# --- sampling parameters: the request's values over every settings file ------------------
+
+
+def test_sampling_parameters_go_in_the_system_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = tmp_path / "system-settings.json"
+    machine.write_text(
+        json.dumps({"ui": {"theme": "x"}, "model": {"generationConfig": {"samplingParams": {"top_k": 3}}}})
+    )
+    monkeypatch.setenv("QWEN_CODE_SYSTEM_SETTINGS_PATH", str(machine))
+    assert "QWEN_CODE_SYSTEM_SETTINGS_PATH" not in QwenRunner().build_invocation(ChatRequest.of("hi"), "qwen").env
+
+    inv = QwenRunner().build_invocation(ChatRequest.of("hi", temperature=0.3, max_tokens=77, top_p=0.5, seed=7), "qwen")
+    path = inv.env["QWEN_CODE_SYSTEM_SETTINGS_PATH"]
+    settings = json.loads(Path(path).read_text())
+    inv.remove_files()
+    assert path in inv.temp_files and not Path(path).exists()
+    assert settings["ui"] == {"theme": "x"}  # the machine's own system settings still hold
+    params = settings["model"]["generationConfig"]["samplingParams"]
+    assert params == {"top_k": 3, "temperature": 0.3, "top_p": 0.5, "max_tokens": 77}
+
+
+def test_system_defaults_stay_found_beside_the_machines_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QWEN_CODE_SYSTEM_DEFAULTS_PATH")
+    monkeypatch.setenv("QWEN_CODE_SYSTEM_SETTINGS_PATH", str(tmp_path / "settings.json"))
+    (tmp_path / "system-defaults.json").write_text("{} // not plain JSON: left to qwen")
+    inv = QwenRunner().build_invocation(ChatRequest.of("hi", temperature=0.3), "qwen")
+    inv.remove_files()
+    assert inv.env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"] == str(tmp_path / "system-defaults.json")
+
+
+def test_unreadable_system_settings_refuse_sampling_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = tmp_path / "settings.json"
+    machine.write_text("{} // a comment")
+    monkeypatch.setenv("QWEN_CODE_SYSTEM_SETTINGS_PATH", str(machine))
+    with pytest.raises(llmrun.UnsupportedFeature, match="temperature"):
+        QwenRunner().build_invocation(ChatRequest.of("hi", temperature=0.3), "qwen")
+
+
+async def test_parameters_qwen_cannot_take_are_named_or_refused(
+    qwen: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QWEN_CODE_SYSTEM_SETTINGS_PATH", str(tmp_path / "absent-settings.json"))
+    response = await qwen.runner().complete(ChatRequest.of("hi", temperature=0.3, seed=7, frequency_penalty=0.1))
+    assert response.warnings == [
+        "ignored parameter seed: Qwen Code has no way to set it",
+        "ignored parameter frequency_penalty: Qwen Code has no way to set it",
+    ]
+    with pytest.raises(llmrun.UnsupportedFeature, match="seed"):
+        await qwen.runner().complete(ChatRequest.of("hi", seed=7, strict_params=True))
+
+
 # --- reading the captured output ---------------------------------------------------------
 
 
@@ -281,6 +333,15 @@ def test_cached_tokens_are_not_counted_twice() -> None:
     usage = chunks[-1].usage
     assert usage == llmrun.Usage(input_tokens=12, output_tokens=7, cache_read_tokens=100, total_tokens=119)
     assert usage.to_openai()["prompt_tokens"] == 112  # what the API reported
+
+
+@pytest.mark.parametrize(("limit", "reason"), [(None, "stop"), (8, "stop"), (7, "length")])
+def test_an_answer_that_used_the_whole_limit_was_cut(limit: int | None, reason: str) -> None:
+    parser = QwenParser(max_tokens=limit)  # the capture's answer is 7 tokens
+    chunks = [
+        c for line in (CAPTURES / "llmrun-text-partial.stdout").read_text().splitlines() for c in parser.feed(line)
+    ]
+    assert chunks[-1].finish_reason == reason
 
 
 def test_a_resumed_session_reports_its_own_run_only() -> None:
@@ -496,3 +557,47 @@ async def test_auth_status_is_read_in_english(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(process, "run_command", fake_run_command)
     assert await QwenRunner().check_auth("qwen") == (True, "Authentication Method: anthropic")
     assert seen["argv"] == ["qwen", "auth", "status"] and seen["env"]["QWEN_CODE_LANG"] == "en"
+
+
+# --- images ---------------------------------------------------------------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def test_images_are_at_references_and_the_model_is_told_to_take_them() -> None:
+    image = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    inv = QwenRunner().build_invocation(ChatRequest(messages=[Message.user("What is it?", images=[image])]), "qwen")
+    try:
+        (folder,) = [arg.partition("=")[2] for arg in inv.argv if arg.startswith("--include-directories=")]
+        assert folder in inv.temp_files
+        path = os.path.join(folder, "image-1.png")
+        assert os.listdir(folder) == ["image-1.png"]
+        assert inv.stdin == f"What is it?\n\n@{path}".encode()
+        settings = json.loads(Path(inv.env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"]).read_text())
+        assert settings["model"]["generationConfig"]["modalities"] == {"image": True}
+        assert settings["model"]["generationConfig"]["maxRetries"] == 0  # llmrun's other settings stay
+    finally:
+        for temp in inv.temp_files:
+            process.remove_path(temp)
+
+
+def test_the_machine_defaults_say_whether_the_model_takes_images(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    machine = tmp_path / "defaults.json"
+    machine.write_text(json.dumps({"model": {"generationConfig": {"modalities": {"image": False}}}}))
+    monkeypatch.setenv("QWEN_CODE_SYSTEM_DEFAULTS_PATH", str(machine))
+    image = llmrun.ImagePart(data=PNG_DATA, media_type="image/png")
+    inv = QwenRunner().build_invocation(ChatRequest(messages=[Message.user("x", images=[image])]), "qwen")
+    try:
+        settings = json.loads(Path(inv.env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"]).read_text())
+        assert settings["model"]["generationConfig"]["modalities"] == {"image": False}
+    finally:
+        for temp in inv.temp_files:
+            process.remove_path(temp)
+
+
+def test_a_text_request_does_not_touch_the_modalities() -> None:
+    inv, settings = build(ChatRequest.of("hi"))
+    assert "modalities" not in settings["model"]["generationConfig"]
+    assert not any(arg.startswith("--include-directories") for arg in inv.argv)

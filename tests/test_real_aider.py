@@ -97,6 +97,17 @@ async def test_answer_streams_back_with_usage(env: dict[str, str], api: MockOpen
     await assert_no_processes_in(workdir)
 
 
+async def test_aiders_own_configured_model_is_kept(env: dict[str, str], api: MockOpenAIChat, workdir: str) -> None:
+    # No model asked for: the one of aider's own config file runs, and the response names it.
+    Path(env["HOME"], ".aider.conf.yml").write_text(f"model: {MODEL}\n")
+    response = await AiderRunner().complete(request("Say hello", workdir, model=None))
+
+    assert response.content == DEFAULT_TEXT
+    assert api.chat_requests[-1]["json"]["model"] == MODEL.removeprefix("openai/")
+    assert response.model == MODEL
+    await assert_no_processes_in(workdir)
+
+
 async def test_sampling_parameters_reach_the_api(env: dict[str, str], api: MockOpenAIChat, workdir: str) -> None:
     asked = {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7}
     req = request("Say hello", workdir, frequency_penalty=0.25, presence_penalty=-0.5, strict_params=True, **asked)

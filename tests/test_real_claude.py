@@ -219,14 +219,39 @@ async def test_request_carries_model_system_prompt_and_no_tools(
     response = await runner.complete(request(prompt, workdir, system="Be terse"))
 
     body = last_request(api)
-    assert runner.default_model == "sonnet"
-    assert body["model"] == "claude-sonnet-5"
-    assert response.model == "claude-sonnet-5"
+    assert runner.default_model is None  # none asked for: claude's own default model answers
+    assert body["model"].startswith("claude-")
+    assert response.model == body["model"]
     system = body.get("system")
     assert isinstance(system, list) and system, system
     assert system[-1]["text"] == "Be terse"
     assert prompt in last_user_texts(body)
     assert not body.get("tools"), f"agent tools were offered: {[t.get('name') for t in body['tools']]}"
+
+
+async def test_claudes_own_model_setting_is_kept(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user's own provider may serve models claude does not know: ANTHROPIC_MODEL must reach
+    # the API as it is, with no model of llmrun's in its place.
+    monkeypatch.setenv("ANTHROPIC_MODEL", "my-own-model")
+    response = await runner.complete(request("hi", workdir))
+
+    assert last_request(api)["model"] == "my-own-model"
+    assert response.model == "my-own-model"
+    assert runner.tool_default_model() == "my-own-model"
+
+
+async def test_the_configured_model_is_asked_for(
+    env: dict[str, str], api: MockAnthropic, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_MODEL", "my-own-model")
+    monkeypatch.setenv("LLMRUN_CLAUDE_CODE_MODEL", "haiku")  # llmrun's setting wins over claude's own
+    response = await llmrun.get_runner("claude_code").complete(request("hi", workdir))
+
+    model = last_request(api)["model"]
+    assert model.startswith("claude-haiku-"), model
+    assert response.model == model
 
 
 async def test_model_alias_is_passed_on(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
@@ -268,6 +293,43 @@ async def test_empty_prompt_fails_cleanly(runner: ClaudeCodeRunner, api: MockAnt
     with pytest.raises(llmrun.InvalidRequest, match="no message"):
         await runner.complete(request("", workdir))
     assert api.message_requests == []
+
+
+async def test_sampling_parameters_have_no_way_into_claude(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
+) -> None:
+    response = await runner.complete(request("hi", workdir, temperature=0.3, max_tokens=2, top_p=0.5, seed=7))
+
+    body = last_request(api)
+    assert body.get("temperature") != 0.3 and "top_p" not in body and "seed" not in body
+    assert body["max_tokens"] > 2
+    assert [warning.split(":")[0] for warning in response.warnings] == [
+        "ignored parameter temperature",
+        "ignored parameter top_p",
+        "ignored parameter seed",
+    ]
+    # llmrun holds the limit itself, at about 4 characters a token.
+    assert (response.content, response.finish_reason) == (DEFAULT_TEXT[:8], "length")
+
+
+async def test_claudes_output_cap_is_no_limit_on_the_answer(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Why llmrun does not pass max_tokens as CLAUDE_CODE_MAX_OUTPUT_TOKENS: at the cap claude
+    # asks the model to go on, three times, then fails the run.
+    answer = api._answer
+
+    def cut_at_the_cap(scenario: str, body: dict[str, Any]) -> Any:
+        cut = answer("text", body)
+        cut.stop_reason = "max_tokens"
+        return cut
+
+    monkeypatch.setattr(api, "_answer", cut_at_the_cap)
+    monkeypatch.setenv("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "3")
+    with pytest.raises(llmrun.RunnerError, match="exceeded the 3 output token maximum"):
+        await runner.complete(request("hi", workdir))
+    resumed = [r for r in api.message_requests if "Output token limit hit" in json.dumps(r["json"]["messages"][-1])]
+    assert (len(api.message_requests), len(resumed)) == (4, 3)
 
 
 async def test_allow_tools_offers_the_agent_tools(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:

@@ -157,13 +157,38 @@ async def test_complete_text(runner: CodexRunner, api: MockResponses, workdir: s
     assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 7)
     assert response.usage.total_tokens == 19
     assert response.session_id and uuid.UUID(response.session_id)
-    assert response.model == "gpt-6.1-sol" and response.runner == "codex"
+    assert response.runner == "codex"
     assert response.thinking == "" and response.agent_events == []
     body = last_request(api)
-    assert body["model"] == "gpt-6.1-sol"
+    # None asked for: codex's own default answers, and the response names it as codex used it.
+    assert body["model"].startswith("gpt-") and response.model == body["model"]
     assert texts(messages(body, "user")[-1]) == [prompt]
     assert len(api.responses_requests) == 1
     await assert_no_processes_in(workdir, within=1)
+
+
+async def test_codexs_own_configured_model_is_kept(
+    runner: CodexRunner, api: MockResponses, workdir: str, env: dict[str, str]
+) -> None:
+    # A model of the user's own provider, unknown to codex's catalog: it must reach the API as
+    # the config names it, with no model of llmrun's in its place.
+    (Path(env["CODEX_HOME"]) / "config.toml").write_text('model = "my-own-model"\n')
+    response = await runner.complete(request("Say hello", workdir))
+
+    assert response.content == DEFAULT_TEXT
+    assert last_request(api)["model"] == "my-own-model"
+    assert response.model == "my-own-model"  # from codex's session file
+    assert runner.tool_default_model() == "my-own-model"
+
+
+async def test_the_configured_model_is_asked_for(
+    env: dict[str, str], api: MockResponses, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (Path(env["CODEX_HOME"]) / "config.toml").write_text('model = "my-own-model"\n')
+    monkeypatch.setenv("LLMRUN_CODEX_MODEL", "gpt-5.5")  # llmrun's setting wins over codex's own
+    response = await make_runner(api).complete(request("Say hello", workdir))
+
+    assert last_request(api)["model"] == "gpt-5.5" == response.model
 
 
 async def test_this_codex_knows_every_setting_llmrun_gives(
@@ -241,6 +266,22 @@ async def test_history_without_a_session_is_flattened(runner: CodexRunner, api: 
 
     (prompt,) = texts(messages(last_request(api), "user")[-1])
     assert prompt.index("What is 2+2?") < prompt.index("4") < prompt.rindex("Times 3?")
+
+
+async def test_sampling_parameters_have_no_way_into_codex(
+    runner: CodexRunner, api: MockResponses, workdir: str
+) -> None:
+    response = await runner.complete(request("hi", workdir, temperature=0.3, max_tokens=2, top_p=0.5, seed=7))
+
+    body = last_request(api)
+    assert not {"temperature", "top_p", "max_output_tokens", "seed"} & body.keys(), sorted(body)
+    assert [warning.split(":")[0] for warning in response.warnings] == [
+        "ignored parameter temperature",
+        "ignored parameter top_p",
+        "ignored parameter seed",
+    ]
+    # llmrun holds the limit itself, at about 4 characters a token.
+    assert (response.content, response.finish_reason) == (DEFAULT_TEXT[:8], "length")
 
 
 async def test_json_schema_and_image_reach_the_model(runner: CodexRunner, api: MockResponses, workdir: str) -> None:
@@ -514,11 +555,13 @@ async def test_health_probe_asks_the_model(
     assert report.status == "error" and "ServiceUnavailable" in report.message
 
 
-async def test_models_from_codex_catalog(runner: CodexRunner) -> None:
+async def test_models_from_codex_catalog(runner: CodexRunner, env: dict[str, str]) -> None:
     models = await runner.available_models()
     ids = [m.id for m in models]
     assert "gpt-6.1-sol" in ids and "codex-auto-review" not in ids
-    assert [m.id for m in models if m.is_default] == ["gpt-6.1-sol"]
+    assert [m.id for m in models if m.is_default] == []  # codex's own choice, which its config does not name
+    (Path(env["CODEX_HOME"]) / "config.toml").write_text('model = "gpt-5.5"\n')
+    assert [m.id for m in await runner.available_models() if m.is_default] == ["gpt-5.5"]
 
 
 # --- 8. the command -----------------------------------------------------------------------

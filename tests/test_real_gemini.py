@@ -88,7 +88,9 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api: MockGemini) -> dic
 
 @pytest.fixture
 def runner(env: dict[str, str]) -> GeminiRunner:
-    made = llmrun.get_runner("gemini")
+    # A model named, as most users' settings do: each run is then one call, with no routing
+    # call first (gemini's own choice without one: see test_geminis_own_model_choice_applies).
+    made = llmrun.get_runner("gemini", default_model="flash")
     assert isinstance(made, GeminiRunner)
     return made
 
@@ -185,6 +187,30 @@ async def test_stream_yields_token_deltas_as_they_arrive(runner: GeminiRunner, a
 # --- 2. what reaches the API --------------------------------------------------------------
 
 
+async def test_geminis_own_model_choice_applies(env: dict[str, str], api: MockGemini, workdir: str) -> None:
+    # No model asked for: gemini's "auto" routing asks a router model first, then the model
+    # it chose answers; the response names that one, and counts the tokens of both calls.
+    response = await llmrun.get_runner("gemini").complete(request("Say hello", workdir))
+
+    assert response.content == DEFAULT_TEXT
+    (call,) = api.generate_requests
+    assert response.model == call["model"]
+    routing = [r for r in api.requests if r not in api.generate_requests and r["call"] == "generateContent"]
+    assert len(routing) == 1
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (24, 14)
+
+
+async def test_geminis_own_configured_model_is_kept(env: dict[str, str], api: MockGemini, workdir: str) -> None:
+    settings_file = Path(env["HOME"]) / ".gemini" / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**settings, "model": {"name": "gemini-2.5-pro"}}))
+    runner = llmrun.get_runner("gemini")
+    response = await runner.complete(request("Say hello", workdir))
+
+    assert [r["model"] for r in api.requests] == ["gemini-2.5-pro"]  # no routing, no model of llmrun's
+    assert response.model == "gemini-2.5-pro" == runner.tool_default_model()
+
+
 async def test_request_carries_model_system_prompt_and_read_only_tools(
     runner: GeminiRunner, api: MockGemini, workdir: str
 ) -> None:
@@ -199,6 +225,50 @@ async def test_request_carries_model_system_prompt_and_read_only_tools(
     assert tools and tools <= READ_ONLY_TOOLS, tools - READ_ONLY_TOOLS
     # Exactly one call: with a model named there is no routing call first.
     assert len(api.requests) == 1
+
+
+SAMPLING = {"temperature": 0.3, "max_tokens": 77, "top_p": 0.5, "seed": 7, "presence_penalty": 0.1}
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="gemini reads system settings only from root's files")
+async def test_sampling_parameters_reach_the_api(
+    runner: GeminiRunner, api: MockGemini, workdir: str, env: dict[str, str]
+) -> None:
+    # An override of the user's own stays in force beside the request's.
+    user_settings = Path(env["HOME"]) / ".gemini" / "settings.json"
+    own = json.loads(user_settings.read_text())
+    topk = {"match": {"isChatModel": True}, "modelConfig": {"generateContentConfig": {"topK": 5}}}
+    own["modelConfigs"] = {"customOverrides": [topk]}
+    user_settings.write_text(json.dumps(own))
+
+    response = await runner.complete(request("hi", workdir, frequency_penalty=0.2, **SAMPLING))
+
+    config = last_request(api)["generationConfig"]
+    assert (config["temperature"], config["maxOutputTokens"], config["topP"], config["seed"]) == (0.3, 77, 0.5, 7)
+    assert (config["presencePenalty"], config["frequencyPenalty"], config["topK"]) == (0.1, 0.2, 5)
+    assert response.content == DEFAULT_TEXT and response.warnings == [] and response.finish_reason == "stop"
+    assert runner._private and [p for p in os.listdir(runner._private) if p.startswith("system-settings-")] == []
+
+    # An answer that used the whole limit (the mock's is 7 tokens) was cut by it.
+    response = await runner.complete(request("hi", workdir, max_tokens=7))
+    assert last_request(api)["generationConfig"]["maxOutputTokens"] == 7
+    assert (response.content, response.finish_reason) == (DEFAULT_TEXT, "length")
+
+
+async def test_sampling_parameters_where_gemini_would_not_read_them(
+    runner: GeminiRunner, api: MockGemini, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As any user but root: gemini would not read a settings file of llmrun's.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(GeminiRunner, "honoured_parameters", {})
+    response = await runner.complete(request("hi", workdir, **SAMPLING))
+
+    config = last_request(api)["generationConfig"]
+    assert config["temperature"] == 1 and "seed" not in config  # gemini's own defaults
+    assert [warning.split(":")[0] for warning in response.warnings] == [
+        f"ignored parameter {name}" for name in ("temperature", "top_p", "seed", "presence_penalty")
+    ]
+    assert response.content == DEFAULT_TEXT  # within the limit llmrun holds itself
 
 
 async def test_200kb_prompt_with_a_leading_dash_arrives_intact(

@@ -166,6 +166,29 @@ async def test_users_settings_are_left_alone(runner: QwenRunner, api: MockOpenAI
     assert sorted(p.name for p in settings.parent.glob("settings.json*")) == ["settings.json"]
 
 
+async def test_sampling_parameters_reach_the_api_over_the_users_settings(
+    runner: QwenRunner, api: MockOpenAIChat, workdir: str
+) -> None:
+    settings = Path(os.environ["HOME"]) / ".qwen" / "settings.json"
+    own = json.loads(settings.read_text())
+    own.setdefault("model", {}).setdefault("generationConfig", {})["samplingParams"] = {"temperature": 0.9, "top_k": 20}
+    settings.write_text(json.dumps(own))
+
+    response = await runner.complete(request("hi", workdir, temperature=0.3, max_tokens=77, top_p=0.5, seed=7))
+
+    body = last_request(api)
+    assert (body["temperature"], body["max_tokens"], body["top_p"]) == (0.3, 77, 0.5)
+    assert body["top_k"] == 20  # the user's other settings still hold
+    assert "seed" not in body
+    assert response.content == DEFAULT_TEXT and response.finish_reason == "stop"
+    assert response.warnings == ["ignored parameter seed: Qwen Code has no way to set it"]
+
+    # An answer that used the whole limit (the mock's is 7 tokens) was cut by it.
+    response = await runner.complete(request("hi", workdir, max_tokens=7))
+    assert last_request(api)["max_tokens"] == 7
+    assert (response.content, response.finish_reason) == (DEFAULT_TEXT, "length")
+
+
 async def test_the_model_asked_for_is_used(runner: QwenRunner, api: MockOpenAIChat, workdir: str) -> None:
     response = await runner.complete(request("hi", workdir, model="mock-model-large"))
 

@@ -124,7 +124,7 @@ def test_model_naming(oai: openai.OpenAI, claude: FakeRun) -> None:
         ("claude_code:haiku", "haiku"),
         ("claude/opus", "opus"),  # a runner alias
         ("fast", "haiku"),  # an alias from [server.aliases]
-        ("claude_code", "sonnet"),  # a bare runner: its default model
+        ("claude_code", None),  # a bare runner: no --model, the tool's own choice
         ("claude-haiku-4-5-20251001", "claude-haiku-4-5-20251001"),  # a model id one runner knows
     ]:
         done = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])

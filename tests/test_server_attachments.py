@@ -237,6 +237,7 @@ def test_a_refused_path_tells_nothing_of_the_servers_files(api: str, tool: Image
         there_url = send(api, live, secret.as_uri())
         missing_url = send(api, live, (tmp_path / "missing.png").as_uri())
     assert there.status_code == missing.status_code == there_url.status_code == missing_url.status_code == 400
+
     # Only the Anthropic body's request_id, new for every error, may differ.
     def error(response: httpx.Response) -> object:
         return {k: v for k, v in response.json().items() if k != "request_id"}

@@ -38,9 +38,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
     yield from claude_fake(monkeypatch, tmp_path)
 
 
-def run_claude(
-    tmp_path: Path, url: str, *args: str, default_retries: bool = False
-) -> subprocess.CompletedProcess[str]:
+def run_claude(tmp_path: Path, url: str, *args: str, default_retries: bool = False) -> subprocess.CompletedProcess[str]:
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
     env = claude_env(tmp_path / "claude-home", url)

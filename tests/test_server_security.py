@@ -190,9 +190,7 @@ def test_prompts_are_not_logged_above_debug(claude: FakeRun, tmp_path: Path, cap
     assert [r.levelno for r in caplog.records if secret in r.getMessage()] == [logging.DEBUG]
 
 
-def test_tools_never_see_the_servers_api_key(
-    claude: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tools_never_see_the_servers_api_key(claude: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tool allowed to run commands could print its environment to any client.
     monkeypatch.setenv("LLMRUN_API_KEY", KEY)
     with LiveServer(load_settings({"sessions": tmp_path / "s.sqlite3", "max_warm": 0})) as live:

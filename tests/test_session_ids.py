@@ -228,17 +228,17 @@ REFUSED_BY_CHAT = ["--last", "--dangerously-bypass-approvals-and-sandbox", "-x",
 @pytest.mark.parametrize("session_id", REFUSED_BY_CHAT, ids=repr)
 def test_chat_refuses_a_hostile_session_and_runs_nothing(claude: FakeRun, session_id: str) -> None:
     result = cli.invoke(app, ["chat", "-r", "claude", f"--session={session_id}", "hi"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 9, result.output  # no tool has a session of such an id
     assert "session id" in result.stderr
     as_json = cli.invoke(app, ["chat", "-r", "claude", "--json", f"--session={session_id}", "hi"])
-    assert as_json.exit_code == 2
-    assert json.loads(as_json.stdout)["error"]["type"] == "InvalidRequest"
+    assert as_json.exit_code == 9
+    assert json.loads(as_json.stdout)["error"]["type"] == "SessionNotFound"
     assert claude.invocations() == []
 
 
 def test_chat_takes_a_flag_after_session_as_its_value_and_refuses_it(claude: FakeRun) -> None:
     result = cli.invoke(app, ["chat", "-r", "claude", "--session", "--last", "hi"])
-    assert result.exit_code == 2 and "'--last'" in result.stderr, result.output
+    assert result.exit_code == 9 and "'--last'" in result.stderr, result.output
     assert claude.invocations() == []
 
 

@@ -109,6 +109,10 @@ def _runner_option(help: str) -> Any:
     return typer.Option(None, "--runner", "-r", metavar="NAME", help=help, autocompletion=_complete_runner)
 
 
+def _refresh_option() -> Any:
+    return typer.Option(False, "--refresh", help="Check the tools again instead of using what was found lately.")
+
+
 def _show_version(value: bool) -> None:
     if value:
         from .. import __version__
@@ -235,6 +239,17 @@ def chat(
     strict_params: bool = typer.Option(
         False, "--strict-params", help="Refuse a parameter the runner cannot honour instead of warning."
     ),
+    no_log: bool = typer.Option(False, "--no-log", help="Keep this conversation out of the log (`llmrun logs`)."),
+    attachment: Optional[list[str]] = typer.Option(
+        None,
+        "--attachment",
+        "-a",
+        metavar="PATH|URL|-",
+        help="Attach an image (PNG, JPEG, GIF, WebP): a file, an http(s) URL, or - for stdin (repeatable).",
+    ),
+    template: Optional[str] = typer.Option(
+        None, "--template", "-t", metavar="NAME", help="Use a saved template (`llmrun templates`); flags win over it."
+    ),
 ) -> None:
     """Send a prompt to a runner and stream the answer; with no prompt on a terminal, chat."""
     if timeout is not None and timeout <= 0:
@@ -268,6 +283,24 @@ def chat(
                 "strict_params": strict_params,
             },
         )
+        if template is not None:
+            from .templates import apply_template, load_template
+
+            runner = apply_template(load_template(template), opts, runner)
+        from .aliases import resolve_alias
+
+        runner, opts.model = resolve_alias(runner, opts.model)
+        if attachment:
+            from .attachments import read_attachments
+            from .chat import wants_interactive
+
+            if wants_interactive(prompt, opts):
+                raise typer.BadParameter("an attachment goes with a prompt", param_hint="'--attachment'")
+            opts.images = read_attachments(attachment, prompt=prompt)
+        if not no_log:
+            from ..logs import Recorder, enabled
+
+            opts.log = Recorder() if enabled() else None
         if all_:
             from .fanout import run_all
 
@@ -281,14 +314,17 @@ def chat(
 
 
 @app.command(short_help="Known runners: installed, logged in, capabilities.")
-def runners(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+def runners(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    refresh: bool = _refresh_option(),
+) -> None:
     """Every runner llmrun knows: installed, version, logged in, default model, capabilities."""
     with reporting(as_json=as_json):
         from .selection import check_config
         from .views import print_runners, runner_rows
 
         check_config()
-        print_runners(runner_rows(), as_json=as_json)
+        print_runners(runner_rows(refresh=refresh), as_json=as_json)
 
 
 def _selected(names: list[str]) -> list[str]:
@@ -304,6 +340,8 @@ def _selected(names: list[str]) -> list[str]:
 def models(
     runner: Optional[list[str]] = _runner_option("Only this runner (repeatable); default: every runner."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of models."),
+    all_: bool = typer.Option(False, "--all", help="Every model, also of runners that list hundreds."),
+    refresh: bool = _refresh_option(),
 ) -> None:
     """Models per runner: built in, and discovered from the tool where it can list them."""
     with reporting(as_json=as_json):
@@ -312,7 +350,8 @@ def models(
         from .views import model_list, print_models
 
         check_config()
-        print_models(model_list(_selected(runner) if runner else runner_names()), as_json=as_json)
+        names = _selected(runner) if runner else runner_names()
+        print_models(model_list(names, refresh=refresh), as_json=as_json, names=names, every=not runner, show_all=all_)
 
 
 class Format(str, Enum):
@@ -333,6 +372,7 @@ def health(
         metavar="FORMAT",
         help="table, json, or github (::error annotations for GitHub Actions).",
     ),
+    refresh: bool = _refresh_option(),
 ) -> None:
     """Check that runners are installed, current and logged in; exit 0 only if all are ok."""
     kind = "json" if as_json else fmt.value
@@ -344,7 +384,7 @@ def health(
         names = _selected(runner) if runner else installed_runner_names()
         if not names:
             _none_installed(kind)
-        reports = checked(names, probe=probe)
+        reports = checked(names, probe=probe, refresh=refresh)
         print_health(reports, fmt=kind)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
@@ -366,7 +406,7 @@ def _none_installed(kind: str) -> NoReturn:
 # --- config ---------------------------------------------------------------------------------
 
 
-@config_app.command("path")
+@config_app.command("path", short_help="Print the config file's path.")
 def config_path_command() -> None:
     """Print the config file's path ($LLMRUN_CONFIG, else $XDG_CONFIG_HOME/llmrun/config.toml)."""
     from ..config import config_path
@@ -374,7 +414,7 @@ def config_path_command() -> None:
     print(config_path())
 
 
-@config_app.command("show")
+@config_app.command("show", short_help="The settings in effect per runner, as TOML (or --json).")
 def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
     """The settings in effect per runner (file, then LLMRUN_* variables), as TOML."""
     with reporting(as_json=as_json):
@@ -395,3 +435,16 @@ app.command(short_help="Serve the OpenAI, Anthropic and Ollama APIs and MCP over
 from .mcp import mcp  # noqa: E402 - imports only typer; the mcp SDK loads when it runs
 
 app.command(short_help="Serve MCP over stdio: the runners as tools of Claude Code, Codex, ...")(mcp)
+
+from .logs import logs_app  # noqa: E402 - imports only typer; the log loads when it runs
+
+app.add_typer(logs_app, name="logs", short_help="The prompts and answers of `llmrun chat`; usage and cost totals.")
+
+from .templates import save_template, templates_app  # noqa: E402 - imports only typer
+
+templates_app.command("save", cls=ChatCommand)(save_template)  # `-o KEY VALUE`, as in chat
+app.add_typer(templates_app, name="templates", short_help="Saved system prompts with a runner, model and options.")
+
+from .aliases import aliases  # noqa: E402 - imports only typer; the config loads when it runs
+
+app.command(short_help="The aliases of [server.aliases]: `-r ALIAS` for chat, `model` for the daemon.")(aliases)

@@ -14,10 +14,11 @@ from typing import Any, TextIO, TypeVar
 
 import typer
 
-from ..errors import SessionNotFound, UnsupportedFeature
-from ..registry import get_runner
+from ..errors import InvalidRequest, ModelNotFound, SessionNotFound, UnsupportedFeature
+from ..logs import Recorder
+from ..registry import get_runner, with_model_suggestion
 from ..runners.base import Runner
-from ..types import ChatChunk, ChatRequest, ChatResponse, check_session_id
+from ..types import ChatChunk, ChatRequest, ChatResponse, ImagePart, Message, check_session_id
 from . import render, selection, state
 
 T = TypeVar("T")
@@ -42,12 +43,18 @@ class ChatOptions:
     json_schema: dict[str, Any] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
     """ChatRequest's sampling fields (temperature, stop, ...) and strict_params, None where not given."""
+    log: Recorder | None = None
+    """Where each turn is logged, with the conversation it belongs to; None: not logged."""
+    history: list[Message] = field(default_factory=list)
+    """Earlier turns sent before the prompt: a logged conversation continued with a tool that cannot resume it."""
+    images: list[ImagePart] = field(default_factory=list)
+    """Images attached to the prompt (`-a`)."""
 
     def request(self, text: str, *, session_id: str | None) -> ChatRequest:
         from ..types import Message
 
         return ChatRequest(
-            messages=[Message.user(text)],
+            messages=[*self.history, Message.user(text, images=self.images)],
             model=self.model,
             system=self.system,
             timeout=self.timeout,
@@ -188,7 +195,7 @@ def choose_runner(explicit: str | None, *, continuing: bool) -> str:
 
 def resolve_session(runner: Runner, session: str | None, continuing: bool, opts: ChatOptions) -> str | None:
     if continuing:
-        last = state.last_session(runner.name)
+        last = state.last_conversation(runner)
         if last is None:
             raise SessionNotFound(
                 f"there is no earlier conversation with {runner.name} to continue",
@@ -197,6 +204,12 @@ def resolve_session(runner: Runner, session: str | None, continuing: bool, opts:
             )
         session = last.session_id
         opts.model = opts.model or last.model
+        opts.system = opts.system or last.system
+        opts.history = last.history
+        if opts.log and last.conversation_id:
+            opts.log.continue_conversation(last.conversation_id)
+    elif session and opts.log:
+        opts.log.continue_session(runner.name, session)
     if session and not runner.capabilities.sessions:
         raise UnsupportedFeature(f"{runner.display_name} keeps no sessions that llmrun can resume", runner=runner.name)
     return session
@@ -214,18 +227,31 @@ def run(
     if session and continuing:
         raise typer.BadParameter("give either --session or --continue, not both")
     if session is not None:
-        check_session_id(session)  # before a runner is chosen or anything runs
+        try:
+            check_session_id(session)  # before a runner is chosen or anything runs
+        except InvalidRequest as exc:  # no tool has a session of that id
+            hint = "the session_id of an answer (`--json` shows it), or -c for the last conversation"
+            raise SessionNotFound(exc.message, hint=hint) from None
     interactive = wants_interactive(prompt, opts)
     text = None if interactive else read_prompt(prompt)
+    if text is not None:
+        selection.check_request(opts.request(text, session_id=None))  # before any tool is checked
     runner = runner_for(choose_runner(runner_name, continuing=continuing), opts)
     session_id = resolve_session(runner, session, continuing, opts)
     if interactive:
+        from ..sessions import ResumingSession
         from .interactive import Conversation
 
-        return Conversation(runner, opts, session_id).loop()
+        conversation = Conversation(runner, opts, session_id)
+        if opts.history and isinstance(conversation.session, ResumingSession):
+            conversation.session.history = list(opts.history)
+        return conversation.loop()
     assert text is not None
     request = opts.request(text, session_id=session_id)
-    response = run_interruptible(answer(runner, runner.stream(request), opts, model=request.model))
+    try:
+        response = run_interruptible(answer(runner, runner.stream(request), opts, model=request.model, prompt=text))
+    except ModelNotFound as exc:
+        raise asyncio.run(with_model_suggestion(exc, runner, request.model)) from None
     if response.session_id:  # a route's answer is continued with the runner that gave it
         state.remember(response.runner or runner.name, response.session_id, opts.model)
     return 0
@@ -248,7 +274,8 @@ def runner_for(spec: str, opts: ChatOptions) -> Runner:
 
 
 def label_for(runner: Runner, model: str | None) -> str:
-    return f"{runner.display_name} ({model or runner.default_model or 'default model'}) is thinking"
+    shown = model or runner.model_when_none_asked() or "its default model"
+    return f"{runner.display_name} ({shown}) is thinking"
 
 
 async def answer(
@@ -259,9 +286,11 @@ async def answer(
     err: TextIO | None = None,
     *,
     model: str | None = None,
+    prompt: str | None = None,
 ) -> ChatResponse:
     """Show one answer, from its chunks (a runner's or a session's stream), the way `opts`
-    says; the response is returned. The stream is closed however the answer ends."""
+    says; the response is returned. The stream is closed however the answer ends. With
+    `opts.log`, the turn (`prompt` and its answer, or the error that ended it) is logged."""
     out = out or sys.stdout
     err = err or sys.stderr
     machine = opts.as_json or opts.as_jsonl
@@ -276,6 +305,8 @@ async def answer(
     )
     started = time.monotonic()
     collected: list[ChatChunk] = []
+    log = opts.log if prompt is not None else None
+    turn = log.begin(runner=runner.name, prompt=prompt or "", model=model, system=opts.system) if log else None
     printer.start()
     try:
         async with aclosing(chunks) as stream:
@@ -290,12 +321,19 @@ async def answer(
         response = ChatResponse.from_chunks(
             collected, runner=runner.name, duration_ms=int((time.monotonic() - started) * 1000)
         )
+        if log and turn:
+            log.write(turn.with_response(response))
+            turn = None
         if opts.as_json:
             printer.finish()
             out.write(response.model_dump_json() + "\n")
             out.flush()
         elif opts.no_stream:
             printer.whole(response)
+    except BaseException as exc:
+        if log and turn:
+            log.write(turn.with_error(exc, collected, int((time.monotonic() - started) * 1000)))
+        raise
     finally:
         printer.finish()
     if opts.usage:

@@ -52,6 +52,8 @@ def run_all(*, prompt: str | None, spec: str | None, session: str | None, contin
         results = run_interruptible(side_by_side(targets, request, opts, sys.stdout))
     else:
         results = run_interruptible(one_after_another(targets, request, sys.stdout))
+    if opts.log:
+        opts.log.write_fan_out(text, opts.system, results)
     failed = [result.error for result in results if result.error is not None]
     return failed[0].exit_code if failed else 0
 

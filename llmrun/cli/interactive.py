@@ -21,7 +21,8 @@ from collections.abc import Coroutine
 from types import FrameType
 from typing import Any, TextIO, TypeVar
 
-from ..errors import LlmrunError
+from ..errors import AuthenticationError, BinaryNotFound, LlmrunError, ModelNotFound
+from ..registry import with_model_suggestion
 from ..runners.base import Runner
 from ..sessions import ResumingSession, Session
 from ..totals import usage_totals
@@ -76,6 +77,7 @@ class Conversation:
             pass
         begun = usage_totals()
         try:
+            self.check_ready()
             self.note(self.banner())
             self.start()
             return self._converse()
@@ -118,9 +120,26 @@ class Conversation:
                 self.note("(answer cancelled; Ctrl-C again to leave)")
                 armed = True
             except LlmrunError as exc:
+                if isinstance(exc, ModelNotFound):
+                    exc = self._call(with_model_suggestion(exc, self.runner, self.opts.model))
                 for line in render.error_lines(exc, debug=render.flags.debug):
                     self.err.write(line + "\n")
                 self.err.flush()
+
+    def check_ready(self) -> None:
+        """Refuse a tool that is not installed or not logged in before the user types a word
+        (the login check is remembered for a while, so this is quick the next time)."""
+        report = self._call(self.runner.health())
+        name = self.runner.name
+        if report.status == "not_installed":
+            raise BinaryNotFound(
+                report.message or f"{self.runner.display_name} is not installed", runner=name, hint=report.hint
+            )
+        if report.status == "unauthenticated":
+            said = f": {report.message}" if report.message else ""
+            raise AuthenticationError(
+                f"{self.runner.display_name} is not logged in{said}", runner=name, hint=report.hint
+            )
 
     def banner(self) -> str:
         model = self.opts.model or self.runner.default_model or "its default model"
@@ -162,6 +181,8 @@ class Conversation:
             return 0
         if name == "/clear":
             self.reopen(keep=False)
+            if self.opts.log:
+                self.opts.log.new_conversation()
             self.note("(new conversation)")
         elif name == "/model":
             if arg:
@@ -230,7 +251,13 @@ class Conversation:
         self._answering = True
         try:
             return await answer(
-                self.runner, self.session.stream(text), self.opts, self.out, self.err, model=self.opts.model
+                self.runner,
+                self.session.stream(text),
+                self.opts,
+                self.out,
+                self.err,
+                model=self.opts.model,
+                prompt=text,
             )
         finally:
             self._answering = False

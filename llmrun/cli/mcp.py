@@ -22,7 +22,7 @@ def mcp(
     timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Hard time limit of each run."),
 ) -> None:
     """Serve MCP over stdio: tools `prompt`, `list_runners` and `health`, for Claude Code, Gemini CLI,
-    Codex and other MCP clients (needs `pip install 'llmrun[mcp]'`)."""
+    Codex and other MCP clients (needs `pip install 'llmrun-cli[mcp]'`)."""
     from ..errors import ConfigError, LlmrunError
     from . import render
 
@@ -42,7 +42,7 @@ def mcp(
             if (exc.name or "").partition(".")[0] not in ("mcp", "mcp_types"):
                 raise
             raise ConfigError(
-                "`llmrun mcp` needs the mcp package, which is not installed", hint="pip install 'llmrun[mcp]'"
+                "`llmrun mcp` needs the mcp package, which is not installed", hint="pip install 'llmrun-cli[mcp]'"
             ) from None
         serve_stdio(LocalBackend(runner=runner, allow_tools=allow_tools, timeout=timeout))
     except LlmrunError as exc:

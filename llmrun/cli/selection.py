@@ -4,20 +4,24 @@ The default runner is the first of these that is set: `--runner`, `$LLMRUN_RUNNE
 config file's `runner`, else the first runner in `runner_names()` order (built-in runners:
 claude_code, codex, gemini, qwen; then plugins) that is installed and logged in, or failing
 that, the first installed one whose tool cannot tell whether it is logged in.
+
+The tools' versions, logins and model lists are taken from llmrun/check_cache.py where it
+has them (`refresh` checks again); a probe always checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import AuthenticationError, BinaryNotFound, ConfigError, LlmrunError, RunnerError
+from .. import check_cache
+from ..errors import AuthenticationError, BinaryNotFound, ConfigError, InvalidRequest, LlmrunError, RunnerError
 
 if TYPE_CHECKING:
     from ..runners.base import Runner
-    from ..types import HealthReport
+    from ..types import ChatRequest, HealthReport
 
 
 def check_config() -> None:
@@ -59,10 +63,12 @@ async def check_all(
     names: Sequence[str],
     *,
     probe: bool = False,
+    refresh: bool = False,
     on_progress: Callable[[list[str]], None] | None = None,
 ) -> list[HealthReport]:
     """Health of every named runner, checked in parallel, in the order given."""
-    tasks = [asyncio.ensure_future(check(name, probe=probe)) for name in names]
+    with check_cache.used(refresh=refresh or probe):  # each task keeps the context it is made in
+        tasks = [asyncio.ensure_future(check(name, probe=probe)) for name in names]
     pending = set(tasks)
     try:
         while pending:
@@ -77,28 +83,55 @@ async def check_all(
 async def detect_runner(on_progress: Callable[[list[str]], None] | None = None) -> str:
     """The first runner, in registry order, that is installed and logged in.
 
-    All are checked at once, but only those before the answer are waited for; the rest are
-    cancelled (their check processes killed). A runner whose login cannot be checked is taken
-    only when none further down is known to be logged in.
+    When the cache remembers the checks, the runners are looked at one by one, so only those
+    before the answer are loaded. Otherwise all are checked at once, but only those before
+    the answer are waited for; the rest are cancelled (their check processes killed). A
+    runner whose login cannot be checked is taken only when none further down is known to be
+    logged in. When what the cache remembered leaves none usable, the tools are checked
+    again (a login since then counts).
     """
+    with check_cache.used() as cache:
+        try:
+            return await _detect(on_progress)
+        except RunnerError:
+            if not cache.remembered:
+                raise
+    with check_cache.used(refresh=True):
+        return await _detect(on_progress)
+
+
+async def _detect(on_progress: Callable[[list[str]], None] | None) -> str:
     from ..registry import runner_names
 
     names = runner_names()
-    tasks = [asyncio.ensure_future(check(name)) for name in names]
+    try:
+        with check_cache.remembered_only():
+            return await _first_ready(names, check, on_progress)
+    except check_cache.NotRemembered:
+        pass
+    tasks = {name: asyncio.ensure_future(check(name)) for name in names}
+    try:
+        return await _first_ready(names, lambda name: tasks[name], on_progress)
+    finally:
+        await _cancel(list(tasks.values()))
+
+
+async def _first_ready(
+    names: Sequence[str],
+    report_of: Callable[[str], Awaitable[HealthReport]],
+    on_progress: Callable[[list[str]], None] | None,
+) -> str:
     reports: list[HealthReport] = []
     unsure: str | None = None  # the first one that is ok but cannot tell whether it is logged in
-    try:
-        for name, task in zip(names, tasks, strict=True):
-            if on_progress is not None:
-                on_progress([name])
-            report = await task
-            if report.ok and report.authenticated is not False:
-                if report.authenticated:
-                    return name
-                unsure = unsure or name
-            reports.append(report)
-    finally:
-        await _cancel(tasks)
+    for name in names:
+        if on_progress is not None:
+            on_progress([name])
+        report = await report_of(name)
+        if report.ok and report.authenticated is not False:
+            if report.authenticated:
+                return name
+            unsure = unsure or name
+        reports.append(report)
     if unsure is not None:
         return unsure
     raise no_usable_runner(reports)
@@ -136,6 +169,15 @@ def no_usable_runner(reports: list[HealthReport]) -> LlmrunError:
     if logged_out and not broken:
         return AuthenticationError(message, hint=hint)
     return RunnerError(message, hint=hint)
+
+
+def check_request(request: ChatRequest) -> None:
+    """Refuse, before any tool is checked, a request that no runner could take."""
+    prompt = request.messages[-1]
+    if not (prompt.text.strip() or prompt.images):
+        raise InvalidRequest(
+            "the request has no message to send", hint='give it as the argument, or pipe it: echo "..." | llmrun chat'
+        )
 
 
 def installed_runner_names() -> list[str]:

@@ -75,7 +75,10 @@ def serve(
     ),
     log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
-    """Serve the OpenAI, Anthropic and Ollama APIs and MCP over the runners (needs `pip install 'llmrun[server]'`)."""
+    """Serve the OpenAI, Anthropic and Ollama APIs and MCP over the runners.
+
+    Needs the server extra: pip install 'llmrun-cli[server]' (from a checkout: make install).
+    """
     from ..errors import ConfigError, LlmrunError
     from . import render
 
@@ -105,7 +108,7 @@ def serve(
                 raise
             raise ConfigError(
                 f"`llmrun serve` needs {exc.name}, which is not installed",
-                hint="pip install 'llmrun[server]'",
+                hint="pip install 'llmrun-cli[server]'",
             ) from None
         from ..server.settings import load_settings
 

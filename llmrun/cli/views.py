@@ -8,10 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import check_cache
 from . import render, selection
 from .chat import run_interruptible
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
     from ..runners.base import Runner
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
 STATUS_STYLE = {"ok": "green", "not_installed": "dim", "unauthenticated": "yellow", "outdated": "yellow"}
 
 
-def checked(names: Sequence[str], *, probe: bool = False, what: str = "checking") -> list[HealthReport]:
+def checked(
+    names: Sequence[str], *, probe: bool = False, what: str = "checking", refresh: bool = False
+) -> list[HealthReport]:
     """Health of the named runners, in parallel, with a progress line on a terminal."""
     err = sys.stderr
     spinner = render.Spinner(err, what) if render.isatty(err) else None
@@ -34,7 +38,7 @@ def checked(names: Sequence[str], *, probe: bool = False, what: str = "checking"
         if spinner is not None:
             spinner.start()
         try:
-            return await selection.check_all(names, probe=probe, on_progress=progress)
+            return await selection.check_all(names, probe=probe, refresh=refresh, on_progress=progress)
         finally:
             if spinner is not None:
                 spinner.stop()
@@ -71,13 +75,13 @@ def aliases_of(runner: Runner) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def runner_rows() -> list[dict[str, Any]]:
+def runner_rows(*, refresh: bool = False) -> list[dict[str, Any]]:
     """One object per known runner: what it is, and whether it is installed and logged in."""
     from ..parameters import how_honoured
     from ..registry import get_runner, runner_names
 
     names = runner_names()
-    reports = checked(names, what="checking")
+    reports = checked(names, what="checking", refresh=refresh)
     rows = []
     for name, report in zip(names, reports, strict=True):
         try:
@@ -95,7 +99,10 @@ def runner_rows() -> list[dict[str, Any]]:
                 "version": report.version,
                 "authenticated": report.authenticated,
                 "status": report.status,
+                # None: no model configured, the tool's own choice applies (what it resolves
+                # to, where the tool's settings say so, is tool_default_model).
                 "default_model": runner.default_model if runner else None,
+                "tool_default_model": runner.tool_default_model() if runner and not runner.default_model else None,
                 "capabilities": runner.capabilities.model_dump() if runner else {},
                 "parameters": how_honoured(runner) if runner else {},
                 "cannot_lock_down": runner.cannot_lock_down if runner else "",
@@ -112,21 +119,24 @@ def print_runners(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         return
     from ..types import Capabilities
 
-    table = _table("Runner", "Tool", "Installed", "Version", "Logged in", "Default model", "Can do")
+    # Installed and version share a column, so that the table fits 100 columns.
+    table = _table("Runner", "Tool", "Installed", "Logged in", "Default model", "Can do")
+    # Long names wrap (aliases one a line), so that "Can do" keeps room for a few words a line.
+    table.columns[1].max_width = 14
+    table.columns[4].max_width = 16
     for row in rows:
         installed = row["installed"]
-        name = row["name"] + (f"\n[dim]{', '.join(row['aliases'])}[/]" if row["aliases"] else "")
-        version = _escape(row["version"] or "-")
+        name = "\n".join([row["name"], *(f"[dim]{alias}[/]" for alias in row["aliases"])])
+        version = _escape(row["version"] or "yes") if installed else "[dim]no[/]"
         if row["status"] in ("outdated", "error"):
             version += f" [yellow]({row['status']})[/]"
         caps = ", ".join(capability_words(Capabilities(**row["capabilities"]))) if row["capabilities"] else ""
         table.add_row(
             name,
             row["display_name"],
-            "[green]yes[/]" if installed else "[dim]no[/]",
             version,
             _yes_no(row["authenticated"]) if installed else "[dim]-[/]",
-            _escape(row["default_model"] or "-"),
+            default_model_cell(row) if row["capabilities"] else "-",  # no capabilities: the runner failed to load
             caps,
         )
     out = render.console(sys.stdout)
@@ -134,12 +144,32 @@ def print_runners(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     if gaps := [(row["name"], row["cannot_lock_down"]) for row in rows if row["cannot_lock_down"]]:
         out.print("Not locked down by llmrun:")
         for name, gap in gaps:
-            out.print(f"  {name}: {gap}", markup=False)
+            print_note(out, f"{name}: {gap}")
     fixes = [(row["name"], row["hint"]) for row in rows if row["status"] != "ok" and row["hint"]]
     if fixes:
         out.print("To fix:")
         for name, hint in fixes:
-            out.print(f"  {name}: {hint}", markup=False)
+            print_note(out, f"{name}: {hint}")
+
+
+def print_note(out: Console, text: str) -> None:
+    """An indented line, wrapped at the console's width with its continuation indented further."""
+    import textwrap
+
+    lines = textwrap.wrap(text, width=out.width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
+    out.print("\n".join(lines), markup=False, soft_wrap=True)
+
+
+TOOL_DEFAULT = "the tool's default"
+
+
+def default_model_cell(row: dict[str, Any]) -> str:
+    """The configured model, else the tool's own default and, where its settings say, which."""
+    if row["default_model"]:
+        return _escape(row["default_model"])
+    resolved = row.get("tool_default_model")
+    # Short, so that the narrow column does not wrap it.
+    return "tool's default" + (f"\n[dim]{_escape(resolved)}[/]" if resolved else "")
 
 
 def _yes_no(value: bool | None) -> str:
@@ -159,31 +189,99 @@ def _table(*columns: str) -> Table:
 # --- models ---------------------------------------------------------------------------------
 
 
-def model_list(names: Sequence[str]) -> list[ModelInfo]:
+def model_list(names: Sequence[str], *, refresh: bool = False) -> list[ModelInfo]:
     from ..registry import get_runner
 
     runners = [get_runner(name) for name in names]
 
     async def gather() -> list[list[ModelInfo]]:
-        return list(await asyncio.gather(*(r.available_models() for r in runners)))
+        with check_cache.used(refresh=refresh):
+            return list(await asyncio.gather(*(r.available_models(refresh=refresh) for r in runners)))
 
     return [model for models in run_interruptible(gather()) for model in models]
 
 
-def print_models(models: list[ModelInfo], *, as_json: bool) -> None:
+# A runner that lists more models than this shows only the first SHOWN_MODELS of them.
+MAX_MODELS = 25
+SHOWN_MODELS = 20
+
+
+def print_models(
+    models: list[ModelInfo], *, as_json: bool, names: Sequence[str] = (), every: bool = False, show_all: bool = False
+) -> None:
+    """The models as a table; of the runners asked about (`names`) each without models says why,
+    or for `every` runner one line names them. Long lists are cut short unless `show_all`."""
     if as_json:
         print(json.dumps([m.model_dump() for m in models], indent=2))
         return
-    table = _table("Runner", "Model", "Aliases", "Source", "Default")
+    by_runner: dict[str, list[ModelInfo]] = {}
     for model in models:
-        table.add_row(
-            model.runner,
-            _escape(model.id),
-            _escape(", ".join(model.aliases)),
-            "[cyan]discovered[/]" if model.source == "discovered" else "built in",
-            "[green]*[/]" if model.is_default else "",
+        by_runner.setdefault(model.runner, []).append(model)
+    table = _table("Runner", "Model", "Aliases", "Source", "Default")
+    for runner, listed in by_runner.items():
+        shown = listed if show_all or len(listed) <= MAX_MODELS else shown_models(listed)
+        for model in shown:
+            table.add_row(
+                runner,
+                _escape(model.id),
+                _escape(", ".join(model.aliases)),
+                "[cyan]discovered[/]" if model.source == "discovered" else "built in",
+                "[green]*[/]" if model.is_default else "",
+            )
+        if len(shown) < len(listed):
+            table.add_row(runner, f"[dim]{len(listed) - len(shown)} more; --all shows them[/]", "", "", "")
+    out = render.console(sys.stdout)
+    if models:
+        out.print(table)
+    if unlisted := [name for name in names if name not in by_runner]:
+        if every:
+            out.print(f"No models listed by: {', '.join(unlisted)} (`llmrun models -r NAME` says why)", markup=False)
+        else:
+            for name in unlisted:
+                out.print(why_no_models(name), markup=False)
+    if unset := tool_defaults(list(dict.fromkeys(model.runner for model in models))):
+        out.print(f"No model configured, so {TOOL_DEFAULT} applies (set one with -m or LLMRUN_<NAME>_MODEL):")
+        for name, resolved in unset:
+            out.print(f"  {name}: {TOOL_DEFAULT}" + (f" ({resolved})" if resolved else ""), markup=False)
+
+
+def shown_models(models: list[ModelInfo]) -> list[ModelInfo]:
+    """The first SHOWN_MODELS, the default among them wherever it is in the list."""
+    shown = models[:SHOWN_MODELS]
+    if (default := next((m for m in models if m.is_default), None)) and default not in shown:
+        shown[-1] = default
+    return shown
+
+
+def why_no_models(name: str) -> str:
+    from ..registry import get_runner
+
+    runner = get_runner(name)
+    if runner.capabilities.model_discovery or runner.builtin_models:
+        return (
+            f"{name}: {runner.display_name} listed no models; "
+            f"`llmrun health -r {name}` checks that it is installed and set up"
         )
-    render.console(sys.stdout).print(table)
+    return (
+        f"{name}: {runner.display_name} has no command that lists its models; it answers with the model "
+        "its own settings choose, and `-m NAME` asks for any model it knows"
+    )
+
+
+def tool_defaults(names: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(runner, the model its tool's settings name, if they do) for each runner without a
+    configured model."""
+    from ..registry import get_runner
+
+    unset = []
+    for name in names:
+        try:
+            runner = get_runner(name)
+        except Exception:  # listed already; nothing more to say about it here
+            continue
+        if not runner.default_model:
+            unset.append((name, runner.tool_default_model()))
+    return unset
 
 
 # --- health ---------------------------------------------------------------------------------
@@ -313,7 +411,8 @@ def config_toml(config: dict[str, Any]) -> str:
         for key, value in settings.items():
             source = config["sources"][name][key]
             if value is None:
-                lines.append(f"# {key}: not set" + (" (no hard limit)" if key == "timeout" else ""))
+                note = {"timeout": " (no hard limit)", "default_model": f" ({TOOL_DEFAULT} applies)"}.get(key, "")
+                lines.append(f"# {key}: not set{note}")
             else:
                 lines.append(_toml_line(key, value, source))
     return "\n".join(lines) + "\n"

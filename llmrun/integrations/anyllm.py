@@ -34,7 +34,7 @@ try:
     from any_llm.types.model import Model
 except ImportError as exc:
     raise ImportError(
-        "llmrun.integrations.anyllm needs any-llm: pip install 'llmrun[anyllm]' (or pip install any-llm-sdk)"
+        "llmrun.integrations.anyllm needs any-llm: pip install 'llmrun-cli[anyllm]' (or pip install any-llm-sdk)"
     ) from exc
 from pydantic import TypeAdapter
 

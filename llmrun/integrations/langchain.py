@@ -45,7 +45,7 @@ try:
     from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
     from langchain_core.utils.pydantic import is_basemodel_subclass
 except ImportError as exc:
-    raise ImportError("llmrun.integrations.langchain needs LangChain: pip install 'llmrun[langchain]'") from exc
+    raise ImportError("llmrun.integrations.langchain needs LangChain: pip install 'llmrun-cli[langchain]'") from exc
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 

@@ -46,7 +46,7 @@ try:
     from litellm.types.llms.openai import ChatCompletionToolCallChunk, ChatCompletionUsageBlock
     from litellm.types.utils import GenericStreamingChunk, ModelResponse
 except ImportError:
-    raise ImportError("llmrun.integrations.litellm needs LiteLLM: pip install 'llmrun[litellm]'") from None
+    raise ImportError("llmrun.integrations.litellm needs LiteLLM: pip install 'llmrun-cli[litellm]'") from None
 from pydantic import ValidationError
 
 from .. import errors

@@ -51,7 +51,7 @@ try:
     )
 except ImportError as exc:
     raise ImportError(
-        "llmrun.integrations.simplellmfunc needs SimpleLLMFunc: pip install 'llmrun[simplellmfunc]' "
+        "llmrun.integrations.simplellmfunc needs SimpleLLMFunc: pip install 'llmrun-cli[simplellmfunc]' "
         "(or pip install SimpleLLMFunc; on Python 3.11 it needs openai<2)"
     ) from exc
 

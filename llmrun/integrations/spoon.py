@@ -58,7 +58,7 @@ try:  # spoon-ai ships no type information
     from spoon_ai.schema import Function, LLMResponseChunk, Message, ToolCall  # type: ignore[import-not-found,import-untyped,unused-ignore]
 except ImportError as exc:
     raise ImportError(
-        "llmrun.integrations.spoon needs spoon-ai: pip install 'llmrun[spoon]' (or pip install spoon-ai-sdk)"
+        "llmrun.integrations.spoon needs spoon-ai: pip install 'llmrun-cli[spoon]' (or pip install spoon-ai-sdk)"
     ) from exc
 from pydantic import ValidationError
 

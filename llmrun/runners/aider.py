@@ -111,6 +111,9 @@ ENV_REMOVE = (
     "AIDER_VERBOSE",
 )
 
+# The banner's line naming the model aider runs (`Model: X with ask edit format`, or
+# `Main model: X with ...` when a weak model is set too): the tool's own choice when llmrun names none.
+_BANNER_MODEL = re.compile(r"^(?:Main model|Model): (\S+) with ")
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\^_])")
 _COUNT = r"[\d.]+k?"
 _USAGE = re.compile(
@@ -200,6 +203,8 @@ class AiderParser(Parser):
                 self._state = "banner"
         elif not line:  # the banner ends with a blank line
             self._state = "start"
+        elif model := _BANNER_MODEL.match(line):
+            self.model = model.group(1)
 
     def _fail(self, error: RunnerError) -> None:
         self.error = error
@@ -289,6 +294,7 @@ class AiderParser(Parser):
 
 class AiderRunner(HistoryKeepingRunner):
     name = "aider"
+    option_names = frozenset({"edit_format", "read", "extra_args"})
     display_name = "Aider"
     binary = "aider"
     aliases = ("aider-chat",)

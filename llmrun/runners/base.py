@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .. import private, process
+from .. import check_cache, private, process
 from ..config import RunnerSettings, runner_settings
 from ..errors import (
     AuthenticationError,
@@ -182,6 +182,9 @@ class Runner(ABC):
     binary: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     default_model: str | None = None
+    """The model llmrun names when a request names none: the user's (`default_model` in the
+    config, `LLMRUN_<NAME>_MODEL`). None leaves the choice to the tool's own settings; a
+    runner sets one of its own only when its tool cannot run without a model."""
     capabilities: ClassVar[Capabilities] = Capabilities()
     builtin_models: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
     """(model id, aliases) pairs known without asking the tool."""
@@ -190,6 +193,9 @@ class Runner(ABC):
     honoured_parameters: ClassVar[dict[str, str]] = {}
     """The sampling parameters the tool itself honours, and how (a flag, a setting): see
     llmrun/parameters.py. llmrun enforces `stop`, and `max_tokens` where the tool cannot."""
+    option_names: ClassVar[frozenset[str]] = frozenset()
+    """The `ChatRequest.options` the runner reads; a request with another is refused. Empty:
+    not declared, so nothing is refused (runners from elsewhere)."""
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """The whole answer; by construction the same as concatenating `stream()`."""
@@ -212,13 +218,21 @@ class Runner(ABC):
         return self.known_models()
 
     def known_models(self) -> list[ModelInfo]:
+        default = self.model_when_none_asked()
         return [
-            ModelInfo(id=model, runner=self.name, aliases=list(aliases), is_default=self._is_default(model, aliases))
+            ModelInfo(id=model, runner=self.name, aliases=list(aliases), is_default=default in (model, *aliases))
             for model, aliases in self.builtin_models
         ]
 
-    def _is_default(self, model: str, aliases: tuple[str, ...]) -> bool:
-        return self.default_model is not None and self.default_model in (model, *aliases)
+    def tool_default_model(self) -> str | None:
+        """The model the tool chooses by itself, where its own settings say so cheaply (a
+        config file, a variable); None when it does not tell without a run."""
+        return None
+
+    def model_when_none_asked(self) -> str | None:
+        """The model a request without one gets: llmrun's configured one, else the tool's own
+        where known."""
+        return self.default_model or self.tool_default_model()
 
     def metadata(self) -> RunnerMetadata:
         return RunnerMetadata(
@@ -257,6 +271,8 @@ class Runner(ABC):
 
         if resume is not None:
             check_session_id(resume, runner=self.name)
+        if self.option_names and (unknown := sorted(set(options or {}) - self.option_names)):
+            raise unknown_options(self, unknown)  # a warm tool would never see them
         settings = SessionSettings(
             model=model,
             system=system,
@@ -284,6 +300,20 @@ def parse_version(text: str) -> str | None:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def unknown_options(runner: Runner, unknown: list[str]) -> UnsupportedFeature:
+    """The refusal of options the runner does not read, naming those it does."""
+    from ..registry import close_matches
+
+    names = ", ".join(repr(name) for name in unknown)
+    known = ", ".join(sorted(runner.option_names))
+    close = [match for name in unknown for match in close_matches(name, runner.option_names)[:1]]
+    return UnsupportedFeature(
+        f"{runner.display_name} has no option {names}; its options: {known}",
+        runner=runner.name,
+        hint=f"did you mean {', '.join(repr(match) for match in close)}?" if close else None,
+    )
 
 
 class CliRunner(Runner):
@@ -344,13 +374,14 @@ class CliRunner(Runner):
         """Built-in models, plus those the tool lists; the tool is asked once per runner."""
         if self._discovered is None or refresh:
             try:
-                self._discovered = await self.discover_models(self.resolve_binary())
+                self._discovered = await check_cache.models(self, refresh=refresh)
             except RunnerError:
                 self._discovered = []
         models = self.known_models()
         known = {name for m in models for name in (m.id, *m.aliases)}
+        default = self.model_when_none_asked()
         models += [
-            ModelInfo(id=model, runner=self.name, source="discovered", is_default=model == self.default_model)
+            ModelInfo(id=model, runner=self.name, source="discovered", is_default=model == default)
             for model in self._discovered
             if model not in known
         ]
@@ -383,6 +414,8 @@ class CliRunner(Runner):
         return found
 
     def model_for(self, request: ChatRequest) -> str | None:
+        """The model to name to the tool: the request's, else the configured one. None means
+        no model flag at all, so the tool's own setting (its config, its variables) applies."""
         return request.model or self.default_model
 
     def session_to_resume(self, request: ChatRequest) -> str | None:
@@ -412,6 +445,8 @@ class CliRunner(Runner):
             )
         if not self.capabilities.images and any(m.images for m in request.messages):
             raise UnsupportedFeature(f"{self.display_name} does not take images through llmrun", runner=self.name)
+        if self.option_names and (unknown := sorted(set(request.options) - self.option_names)):
+            raise unknown_options(self, unknown)
 
     def prepared_invocation(self, request: ChatRequest) -> process.Invocation:
         """The tool's invocation for a request, with the settings' extra arguments and env.
@@ -467,10 +502,13 @@ class CliRunner(Runner):
                 error = self._outcome(parser, returncode, child.stderr_tail(), finished_before_exit)
             except RunnerError as exc:
                 raise exc.with_process(
-                    runner=self.name, exit_code=child.returncode, stderr=child.stderr_tail()
+                    runner=self.name, exit_code=child.returncode, stderr=child.stderr_tail(), stopped=child.stopped
                 ) from None
             if error is not None:
-                raise error.with_process(runner=self.name, exit_code=returncode, stderr=child.stderr_tail())
+                if isinstance(error, AuthenticationError):
+                    check_cache.forget_login(self.name)  # logged out since it was last checked
+                stderr = child.stderr_tail()
+                raise error.with_process(runner=self.name, exit_code=returncode, stderr=stderr, stopped=child.stopped)
         if not held:
             held.append(ChatChunk(finish_reason="stop"))
         for chunk in held:
@@ -501,7 +539,8 @@ class CliRunner(Runner):
         except BinaryNotFound as exc:
             return report("not_installed", message=str(exc), hint=exc.hint)
         version: str | None = None
-        if (argv := self.version_argv(binary)) is not None:
+        argv = self.version_argv(binary)
+        if argv is not None and (version := check_cache.version(self.name, binary, argv)) is None:
             shown = shlex.join(argv)
             try:
                 result = await process.run_command(argv, env=self.env, env_remove=self.env_remove)
@@ -513,6 +552,7 @@ class CliRunner(Runner):
                 return report("error", binary=binary, message=f"`{shown}` exited with {result.returncode}: {detail}")
             # A tool of the user's own may print its version in any form; keep what it said.
             version = parse_version(said) or said.splitlines()[0][:80]
+            check_cache.remember_version(self.name, binary, argv, version)
         comparable = version is not None and version == parse_version(version)
         if self.min_version and comparable and version_tuple(version or "") < version_tuple(self.min_version):
             return report(
@@ -523,7 +563,7 @@ class CliRunner(Runner):
                 hint=f"upgrade with `{self.install_hint}`" if self.install_hint else None,
             )
         try:
-            authenticated, message = await self.check_auth(binary)
+            authenticated, message = await check_cache.login(self, binary)
         except RunnerError as exc:
             return report("error", binary=binary, version=version, message=f"auth check failed: {exc}")
         if authenticated is False:

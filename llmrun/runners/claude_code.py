@@ -4,7 +4,18 @@ The prompt goes over stdin (never argv: visible in `ps`, limited to 128 KiB), te
 token by token (`--include-partial-messages`), and the built-in agent tools are off
 (`--tools ""`) unless the request allows them. A session named in the request is resumed
 with `--resume=<id>` (one argument, so no id is read as a flag); otherwise history is
-flattened into the prompt.
+flattened into the prompt. A request with images sends its prompt as one stream-json user
+message instead (`--input-format stream-json`), the images as base64 image blocks.
+
+A model is named (`--model`) only when the request or llmrun's settings name one; otherwise
+claude's own choice applies (ANTHROPIC_MODEL, the `model` of its settings, else its
+default), and the response names the model that answered.
+
+Sampling parameters: Claude Code takes none of them, so llmrun holds `max_tokens` and names
+the others as ignored. CLAUDE_CODE_MAX_OUTPUT_TOKENS caps each API request, not the answer:
+at the cap claude asks the model to go on, three times, and then fails the run. Temperature
+and top_p could only be forced into the request's body (CLAUDE_CODE_EXTRA_BODY), which the
+API refuses while thinking is on (claude always turns it on) and, for its newer models, at all.
 
 Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
 `max_budget_usd`, `fallback_model`, and `extra_args` (a list appended to the command).
@@ -13,11 +24,12 @@ Options (`ChatRequest.options`): `permission_mode`, `max_turns`, `effort`,
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from .. import private, process
 from ..errors import ProcessFailed, RunnerError, SessionNotFound
-from ..prompting import prompt_for
+from ..prompting import new_turns, prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest
 from .base import CliRunner, Parser
 from .stream_json import StreamJsonParser
@@ -95,10 +107,11 @@ class ClaudeParser(StreamJsonParser):
 
 class ClaudeCodeRunner(CliRunner):
     name = "claude_code"
+    option_names = frozenset({*OPTION_FLAGS, "extra_args"})
     display_name = "Claude Code"
     binary = "claude"
     aliases = ("claude",)
-    default_model = "sonnet"
+    # No default model: claude's own choice applies (see tool_default_model).
     install_hint = "npm install -g @anthropic-ai/claude-code"
     min_version = "2.0.0"
     # Set when llmrun itself runs inside Claude Code; the child would refuse to start.
@@ -111,6 +124,7 @@ class ClaudeCodeRunner(CliRunner):
         sessions=True,
         warm=True,
         system_prompt=True,
+        images=True,
         json_schema=True,
         usage=True,
         cost=True,
@@ -145,16 +159,39 @@ class ClaudeCodeRunner(CliRunner):
         for key, flag in OPTION_FLAGS.items():
             if key in request.options:
                 argv += [flag, str(request.options[key])]
+        stdin = prompt.encode()
+        turns = new_turns(request.messages) if session else request.conversation()
+        if images := [image for message in turns for image in message.images]:
+            # Images go only as image blocks of a stream-json user message; text alone stays plain.
+            from ..transports.stream_json_input import user_line
+
+            argv += ["--input-format", "stream-json"]
+            stdin = user_line(prompt, images, None, runner=self.name)
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         return process.Invocation(
             argv=argv,
-            stdin=prompt.encode(),
+            stdin=stdin,
             env_remove=self.env_remove,
             # Claude retries 5xx/429 for minutes by default; a bounded count fails in seconds.
             env_defaults={"CLAUDE_CODE_MAX_RETRIES": "2"},
             cwd=request.cwd,
             temp_files=temp_files,
         )
+
+    def tool_default_model(self) -> str | None:
+        """ANTHROPIC_MODEL, else the `model` of claude's user settings: what claude runs
+        when no --model is given (None: its built-in default)."""
+        if model := self.env.get("ANTHROPIC_MODEL") or os.environ.get("ANTHROPIC_MODEL"):
+            return model
+        config_dir = self.env.get("CLAUDE_CONFIG_DIR") or os.environ.get("CLAUDE_CONFIG_DIR")
+        path = os.path.join(config_dir or os.path.join(os.path.expanduser("~"), ".claude"), "settings.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                settings = json.load(fh)
+        except (OSError, ValueError, RecursionError):
+            return None
+        model = settings.get("model") if isinstance(settings, dict) else None
+        return model if isinstance(model, str) and model else None
 
     def new_parser(self, request: ChatRequest) -> Parser:
         return ClaudeParser(structured=request.json_schema is not None)

@@ -293,6 +293,7 @@ def saved_provider(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
 
 class ClineRunner(CliRunner):
     name = "cline"
+    option_names = frozenset({"mode", "extra_args"})
     display_name = "Cline"
     binary = "cline"
     aliases = ("cline-cli",)

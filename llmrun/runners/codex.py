@@ -2,10 +2,13 @@
 
 The prompt goes over stdin (`-` as the prompt argument; codex blocks until stdin ends, so
 it always gets the prompt and then EOF). Codex prints whole items, not token deltas: each
-answer message and reasoning summary arrives complete. The model comes from `-m` (by
-default codex 0.169's own default, `gpt-6.1-sol`), the working directory from `-C` (and
-the process's own cwd). A session named in the request is resumed with
-`codex exec resume -- <id> -` (after `--`, so no id is read as a flag such as `--last`);
+answer message and reasoning summary arrives complete. A model is named (`-m`) only when
+the request or llmrun's settings name one; otherwise codex's own choice applies (the
+`model` of its config.toml, else its default). Codex's output does not say which model
+answered, so the response takes it from the session file codex wrote (`turn_context`). The
+working directory comes from `-C` (and the process's own cwd). A session named in the
+request is resumed with `codex exec resume -- <id> -` (after `--`, so no id is read as a
+flag such as `--last`);
 otherwise history is flattened into the prompt. The system prompt replaces codex's base
 instructions (`model_instructions_file`, a temporary file, so it is neither visible in
 `ps` nor bounded by argv limits). Images given as data are attached from private files
@@ -29,6 +32,10 @@ own retry counts can only be set per provider (`model_providers.<name>.request_m
 and `stream_max_retries`); codex refuses that for its built-in providers such as
 `openai`, and for a provider it does not know yet, so llmrun leaves them alone. For a
 provider of your own, put them in `extra_args`.
+
+Sampling parameters: codex has no setting for any of them (its Responses requests carry no
+temperature, top_p, max_output_tokens or seed), so llmrun cuts `max_tokens` itself and names
+the others as ignored.
 
 Usage is per turn. Codex reports the running total of the thread, so for a resumed
 session llmrun subtracts the total codex recorded for the thread before the run (read
@@ -59,6 +66,9 @@ import glob
 import json
 import os
 import re
+import sys
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from .. import images, private, process
@@ -363,11 +373,11 @@ def _tool_outcome(item: dict[str, Any]) -> tuple[Any, bool]:
 
 class CodexRunner(CliRunner):
     name = "codex"
+    option_names = frozenset({"sandbox", "max_retries", "effort", "profile", "config", "extra_args"})
     display_name = "OpenAI Codex"
     binary = "codex"
     aliases = ("openai-codex", "codex-cli")
-    # Codex 0.169's own default (first in its model catalog's priority order).
-    default_model = "gpt-6.1-sol"
+    # No default model: codex's own choice applies (see tool_default_model).
     install_hint = "npm install -g @openai/codex"
     min_version = "0.100.0"
     capabilities = Capabilities(
@@ -540,6 +550,18 @@ class CodexRunner(CliRunner):
             return True, said or "logged in"
         if self._env_value("CODEX_API_KEY"):
             return True, "CODEX_API_KEY is set"
+        # A provider of the user's config (of its selected profile first) takes its key from
+        # the variable its env_key names: with that set, codex needs no login.
+        config = read_toml(os.path.join(self._codex_home(), "config.toml"))
+        profiles, profile = config.get("profiles"), config.get("profile")
+        chosen = profiles.get(profile) if isinstance(profiles, dict) and isinstance(profile, str) else None
+        tables = [table for table in (chosen, config) if isinstance(table, dict)]
+        provider = next((t["model_provider"] for t in tables if isinstance(t.get("model_provider"), str)), None)
+        providers = config.get("model_providers")
+        settings = providers.get(provider) if provider and isinstance(providers, dict) else None
+        env_key = settings.get("env_key") if isinstance(settings, dict) else None
+        if isinstance(env_key, str) and env_key and self._env_value(env_key):
+            return True, f"{env_key} is set, the key of codex's model provider {provider!r}"
         if self._env_value("OPENAI_API_KEY"):
             # Used by providers whose env_key names it, but not by codex's built-in openai provider.
             return None, "not logged in; OPENAI_API_KEY is set, which only providers configured with it use"
@@ -560,6 +582,27 @@ class CodexRunner(CliRunner):
             for m in models or []
             if isinstance(m, dict) and isinstance(m.get("slug"), str) and m.get("visibility") != "hide"
         ]
+
+    async def _run(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        # Only codex's session file, complete once the run is over, names the model it used.
+        async with aclosing(super()._run(request)) as chunks:
+            async for chunk in chunks:
+                thread = chunk.session_id if chunk.is_final else None
+                if thread and (model := thread_model(self._codex_home(), thread)):
+                    chunk = chunk.model_copy(update={"model": model})
+                yield chunk
+
+    def tool_default_model(self) -> str | None:
+        """The `model` of codex's config.toml (of its selected profile first), which codex
+        runs when no -m is given; None when it sets none (codex's built-in default)."""
+        config = read_toml(os.path.join(self._codex_home(), "config.toml"))
+        profile = config.get("profile")
+        profiles = config.get("profiles")
+        chosen = profiles.get(profile) if isinstance(profile, str) and isinstance(profiles, dict) else None
+        for table in (chosen, config):
+            if isinstance(table, dict) and isinstance(table.get("model"), str) and table["model"]:
+                return str(table["model"])
+        return None
 
     def _env_value(self, name: str) -> str:
         return self.env.get(name) or os.environ.get(name) or ""
@@ -634,17 +677,57 @@ def _write_image(image: ImagePart, runner: str) -> str:
     return images.write_image_file(raw, images.IMAGE_SUFFIXES.get(media_type or "", ".png"))
 
 
-def thread_usage(codex_home: str, thread_id: str) -> dict[str, int] | None:
-    """The running token total codex recorded for a thread, from its session file."""
+def read_toml(path: str) -> dict[str, Any]:
+    """A TOML file's tables; empty when it is missing or unreadable."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+    except (OSError, ValueError):  # TOMLDecodeError is a ValueError
+        return {}
+    return data
+
+
+def _session_file(codex_home: str, thread_id: str) -> str | None:
+    """The session file (rollout) codex keeps for a thread, the newest if several."""
     if not _THREAD_ID.match(thread_id):
         return None
     pattern = os.path.join(glob.escape(codex_home), "sessions", "*", "*", "*", f"rollout-*-{thread_id}.jsonl")
     paths = sorted(glob.glob(pattern))
-    if not paths:
+    return paths[-1] if paths else None
+
+
+def thread_model(codex_home: str, thread_id: str) -> str | None:
+    """The model of the thread's last turn, from its session file (`turn_context`)."""
+    path = _session_file(codex_home, thread_id)
+    if path is None:
+        return None
+    model = None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"turn_context"' not in line:
+                    continue
+                event = json_object(line.strip())
+                payload = event.get("payload") if event is not None and event.get("type") == "turn_context" else None
+                if isinstance(payload, dict) and (found := as_text(payload.get("model"))):
+                    model = found
+    except OSError:
+        return None
+    return model
+
+
+def thread_usage(codex_home: str, thread_id: str) -> dict[str, int] | None:
+    """The running token total codex recorded for a thread, from its session file."""
+    path = _session_file(codex_home, thread_id)
+    if path is None:
         return None
     total: dict[str, int] | None = None
     try:
-        with open(paths[-1], encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if '"token_count"' not in line:
                     continue

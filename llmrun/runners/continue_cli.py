@@ -21,7 +21,7 @@ default model) is picked by its `name` (or `model`) among that config's chat mod
 writes a private copy of the config holding that chat model only and passes it as
 `--config`, so cn's own remembered model choice is neither used nor changed. Relative paths
 inside the config resolve against the private copy's directory then, so use absolute ones.
-Reading the config needs PyYAML (`pip install 'llmrun[continue]'`).
+Reading the config needs PyYAML (`pip install 'llmrun-cli[continue]'`).
 
 Sampling: the request's `temperature`, `max_tokens`, `top_p`, `frequency_penalty` and
 `presence_penalty` go into that private copy as the chat models' `defaultCompletionOptions`
@@ -242,6 +242,7 @@ class ContinueParser(Parser):
 
 class ContinueRunner(CliRunner):
     name = "continue"
+    option_names = frozenset({"config", "extra_args"})
     display_name = "Continue CLI"
     binary = "cn"
     aliases = ("cn", "continue-cli", "continue_cli")
@@ -343,7 +344,7 @@ class ContinueRunner(CliRunner):
             raise UnsupportedFeature(
                 f"llmrun needs PyYAML to read cn's config to {purpose}",
                 runner=self.name,
-                hint="pip install 'llmrun[continue]', or set it in the config you pass as options['config']",
+                hint="pip install 'llmrun-cli[continue]', or set it in the config you pass as options['config']",
             ) from None
         try:
             loaded = yaml.safe_load(path.read_text("utf-8"))

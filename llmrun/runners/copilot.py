@@ -65,7 +65,8 @@ from ..errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
-from ..prompting import prompt_for
+from ..images import private_image_file
+from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_list, as_text, json_object
 
@@ -341,6 +342,7 @@ def _error_text(raw: Any) -> str:
 
 class CopilotRunner(CliRunner):
     name = "copilot"
+    option_names = frozenset({"max_retries", "reasoning_effort", "agent", "extra_args"})
     display_name = "GitHub Copilot CLI"
     binary = "copilot"
     aliases = ("github-copilot", "copilot-cli", "github_copilot")
@@ -354,6 +356,7 @@ class CopilotRunner(CliRunner):
         sessions=True,
         warm=True,
         system_prompt=True,
+        images=True,
         usage=True,
         prompt_via_stdin=True,
     )
@@ -390,9 +393,15 @@ class CopilotRunner(CliRunner):
         if session:
             argv.append(f"--resume={session}")
         prompt = prompt_for(request)
+        temp_files: list[str] = []
+        # Copilot attaches each image file to the prompt and sends it as image data.
+        turns = new_turns(request.messages) if session else request.conversation()
+        for image in (image for message in turns for image in message.images):
+            path = private_image_file(image, self.name)
+            temp_files.append(path)
+            argv.append(f"--attachment={path}")
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         env: dict[str, str] = {}
-        temp_files: list[str] = []
         if system := request.system_prompt():
             # Copilot loads `instructions/*.instructions.md` from each directory named here.
             os.makedirs(os.path.join(run_dir, "instructions"), mode=0o700, exist_ok=True)

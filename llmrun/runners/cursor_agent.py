@@ -206,6 +206,7 @@ def _is_partial(event: dict[str, Any]) -> bool:
 
 class CursorAgentRunner(CliRunner):
     name = "cursor_agent"
+    option_names = frozenset({"mode", "trust", "prompt_in_argv", "extra_args"})
     display_name = "Cursor Agent"
     binary = "cursor-agent"
     aliases = ("cursor-agent", "cursor")

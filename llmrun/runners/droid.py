@@ -223,6 +223,7 @@ class DroidParser(StreamJsonParser):
 
 class DroidRunner(CliRunner):
     name = "droid"
+    option_names = frozenset({"tools", "autonomy", "airgap", "hooks", "reasoning_effort", "extra_args"})
     display_name = "Factory Droid"
     binary = "droid"
     aliases = ("factory", "factory-droid")

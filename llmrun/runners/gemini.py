@@ -2,8 +2,11 @@
 
 The prompt goes over stdin behind an empty `-p ""` (gemini puts piped stdin in front of the
 `-p` text, so the prompt arrives exactly as given, and never lands in argv); gemini reads at
-most 8 MiB there, so longer prompts are refused instead of being cut. The model is always
-named (`--model`): without it gemini first asks a router model which model to use. Text
+most 8 MiB there, so longer prompts are refused instead of being cut. A model is named
+(`--model`) only when the request or llmrun's settings name one; otherwise gemini's own
+choice applies (GEMINI_MODEL, `model.name` in its settings, else its "auto" routing, which
+first asks a router model which model to use), and the response names the model that
+answered, from the run's stats. Text
 streams from `message` events with `delta: true`; `tool_use` / `tool_result` become agent
 events; the closing `result` event carries usage and the status. Exit 0 alone is never taken
 as success (gemini also exits 0 on SIGTERM): only a `result` with status "success" is.
@@ -30,6 +33,17 @@ system defaults have the lowest precedence, so a `maxAttempts` in the user's own
 still wins. Gemini reads a system file only if it and every directory above it belong to
 root and are not group/world-writable, so for other users no per-run bound is possible;
 set `general.maxAttempts` in ~/.gemini/settings.json, and rely on llmrun's timeouts.
+
+Sampling parameters: `temperature`, `top_p`, `max_tokens`, `seed` and the penalties reach
+gemini's requests only through settings (`modelConfigs.customOverrides`, an override of the
+`generateContentConfig` of every chat-model request). A run carries them in a system settings
+file of its own (`GEMINI_CLI_SYSTEM_SETTINGS_PATH`, the highest layer: a copy of the machine's
+own, whose override list is the one that would otherwise hold plus the request's; a request is
+refused when the machine's cannot be read); as with the retry bound, gemini reads it only when
+llmrun runs as root. Otherwise the parameters are
+named as ignored (and llmrun holds `max_tokens`). gemini does not say why the model stopped: in
+a run without tools, an answer whose tokens (thoughts included) reach `max_tokens` ends with
+finish_reason "length".
 
 Side effects: every API error makes gemini write `gemini-client-error-*.json` (the whole
 request context, world-readable) into `os.tmpdir()`. llmrun points `TMPDIR` at a private
@@ -75,6 +89,7 @@ from ..errors import (
     SessionNotFound,
     UnsupportedFeature,
 )
+from ..images import at_references, private_image_directory
 from ..prompting import flatten_conversation, new_turns
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, as_count, as_dict, as_text, json_object
@@ -95,6 +110,18 @@ TRUST_HINT = (
 STDIN_LIMIT = 8 * 1024 * 1024
 MAX_ATTEMPTS = 1
 APPROVAL_MODES = ("default", "auto_edit", "yolo", "plan")
+# The request's sampling parameters, by their names in gemini's generateContentConfig.
+GENERATE_CONTENT_CONFIG = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "max_tokens": "maxOutputTokens",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+}
+HONOURED_AS_ROOT = {
+    name: f"settings modelConfigs generateContentConfig.{key}" for name, key in GENERATE_CONTENT_CONFIG.items()
+}
 AUTH_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 AUTH_SWITCHES = ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_GCA", "CLOUD_SHELL", "GEMINI_CLI_USE_COMPUTE_ADC")
 REPORT_GLOB = "gemini-client-error-*.json"
@@ -224,8 +251,10 @@ def tool_message(stderr: str) -> str:
 class GeminiParser(Parser):
     """Parses one run's stream-json output (init, message, tool_use, tool_result, error, result)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_tokens: int | None = None) -> None:
         super().__init__()
+        self.max_tokens = max_tokens
+        self._tools_ran = False
         self.session_id: str | None = None
         self.requested_model: str | None = None
         self.sent_text = False
@@ -243,7 +272,7 @@ class GeminiParser(Parser):
         elif kind == "message":
             return self._message(event)
         elif kind == "tool_use":
-            self._tool_since_text = True
+            self._tool_since_text = self._tools_ran = True
             use = AgentEvent(
                 kind="tool_use",
                 id=as_text(event.get("tool_id")),
@@ -298,10 +327,15 @@ class GeminiParser(Parser):
             advice = "Please wait and try again later" in raw
             self.error = classify(message, status, rate_limit_advice=advice)
             return []
+        usage = usage_from(stats)
+        # gemini says nothing of why the model stopped: an answer (thoughts count) that used the
+        # whole limit was cut. The stats add up every request, so only a run without tools tells.
+        spent = usage.output_tokens + usage.reasoning_tokens
+        cut = self.max_tokens is not None and not self._tools_ran and spent >= self.max_tokens
         return [
             ChatChunk(
-                finish_reason="stop",
-                usage=usage_from(stats),
+                finish_reason="length" if cut else "stop",
+                usage=usage,
                 session_id=self.session_id,
                 model=self._model(stats),
             )
@@ -333,15 +367,41 @@ def usage_from(stats: dict[str, Any]) -> Usage:
     )
 
 
+def _root_only(path: str) -> bool:
+    """True when gemini would trust a file here: the path and every parent owned by root, not
+    writable by group or others (gemini skips system settings files that fail this)."""
+    current = os.path.realpath(path)
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError:
+            return False
+        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
+def _root_only_base() -> str | None:
+    """Where a private directory can hold system settings files that gemini will read."""
+    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/run"):
+        if candidate and os.path.isdir(candidate) and _root_only(candidate):
+            return candidate
+    return None
+
+
 # --- the runner --------------------------------------------------------------------------
 
 
 class GeminiRunner(CliRunner):
     name = "gemini"
+    option_names = frozenset({"approval_mode", "skip_trust", "extra_args"})
     display_name = "Gemini CLI"
     binary = "gemini"
     aliases = ("gemini-cli",)
-    default_model = "flash"
+    # No default model: gemini's own choice applies (see tool_default_model).
     install_hint = "npm install -g @google/gemini-cli"
     min_version = "0.61.0"
     capabilities = Capabilities(
@@ -352,6 +412,7 @@ class GeminiRunner(CliRunner):
         sessions=True,
         warm=True,
         system_prompt=True,
+        images=True,
         usage=True,
         prompt_via_stdin=True,
     )
@@ -367,9 +428,13 @@ class GeminiRunner(CliRunner):
         ("gemini-2.5-flash-lite", ()),
     )
 
+    # A run's settings reach gemini only from a root-only directory (see the module's notes).
+    honoured_parameters = HONOURED_AS_ROOT if os.geteuid() == 0 and _root_only_base() is not None else {}
+
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self._private: str | None = None
+        self._in_root_only_dir = False
         self._defaults_file: str | None = None
         self._cleanup: weakref.finalize[Any, Any] | None = None
 
@@ -377,30 +442,48 @@ class GeminiRunner(CliRunner):
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         messages = new_turns(request.messages) if request.session_id else request.messages
-        prompt = flatten_conversation(messages).encode()
+        text = flatten_conversation(messages)
+        image_dir: list[str] = []
+        if images := [image for message in messages for image in message.images]:
+            # gemini sends a file named by `@path` as inline data, from a directory it was given.
+            folder, paths = private_image_directory(images, self.name)
+            image_dir = [folder]
+            text = f"{text}\n\n{at_references(paths)}"
+        prompt = text.encode()
         if len(prompt) > STDIN_LIMIT:
             raise UnsupportedFeature(
                 f"the prompt is {len(prompt)} bytes; gemini reads at most {STDIN_LIMIT} bytes of input",
                 runner=self.name,
             )
-        argv = [binary, "-p", "", "--output-format", "stream-json", f"--model={self.model_for(request) or 'flash'}"]
+        argv = [binary, "-p", "", "--output-format", "stream-json"]
+        if model := self.model_for(request):
+            argv.append(f"--model={model}")
         if request.options.get("skip_trust", True):
             argv.append("--skip-trust")
         argv.append(f"--approval-mode={self._approval_mode(request)}")
         if session := self.session_to_resume(request):
             argv.append(f"--resume={session}")
+        argv += [f"--include-directories={folder}" for folder in image_dir]
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
 
         own_dir = self._private_dir()
         env = {"TMPDIR": os.path.join(own_dir, "tmp")}
         if self._defaults_file:
             env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"] = self._defaults_file
-        temp_files: list[str] = []
+        temp_files: list[str] = list(image_dir)
         if system := request.system_prompt():
             fd, path = tempfile.mkstemp(prefix="system-prompt-", suffix=".md", dir=own_dir)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(system)
             env["GEMINI_SYSTEM_MD"] = path
+            temp_files.append(path)
+        if (settings := self._sampling_settings(request)) is not None:
+            fd, path = tempfile.mkstemp(prefix="system-settings-", suffix=".json", dir=own_dir)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(settings, fh)
+            env["GEMINI_CLI_SYSTEM_SETTINGS_PATH"] = path
+            # gemini looks for the system defaults beside the system settings unless told.
+            env.setdefault("GEMINI_CLI_SYSTEM_DEFAULTS_PATH", _system_defaults_path())
             temp_files.append(path)
         return process.Invocation(
             argv=argv, stdin=prompt, env=env, env_remove=self.env_remove, cwd=request.cwd, temp_files=temp_files
@@ -420,6 +503,39 @@ class GeminiRunner(CliRunner):
         profile = AcpProfile(system_prompt_at_start=True, usage_from_result=_acp_usage)
         return acp_connection(self, invocation, settings, resume, profile)
 
+    def _sampling_settings(self, request: ChatRequest) -> dict[str, Any] | None:
+        """The run's system settings when the request has sampling parameters gemini can take."""
+        asked = {GENERATE_CONTENT_CONFIG[name]: getattr(request, name) for name in self.honoured_parameters}
+        config = {key: value for key, value in asked.items() if value is not None}
+        if not config:
+            return None
+        self._private_dir()
+        machine = _machine_system_settings()
+        if not self._in_root_only_dir:
+            raise UnsupportedFeature(
+                "cannot pass sampling parameters to gemini: no directory only root can write", runner=self.name
+            )
+        if machine is None:
+            raise UnsupportedFeature(
+                f"cannot pass sampling parameters to gemini: its system settings {_system_settings_path()} "
+                "cannot be read",
+                runner=self.name,
+            )
+        # Lists replace one another from layer to layer: keep the one that would hold.
+        layers = [machine]
+        if request.options.get("skip_trust", True):  # an untrusted workspace's settings stay out
+            layers.append(_read_jsonc(os.path.join(request.cwd or os.getcwd(), ".gemini", "settings.json")) or {})
+        layers.append(_read_jsonc(os.path.join(_gemini_home(), ".gemini", "settings.json")) or {})
+        defaults = self._defaults_file or _system_defaults_path()
+        if self._defaults_file or _root_only(defaults):
+            layers.append(_read_jsonc(defaults) or {})
+        overrides = next((found for layer in layers if isinstance(found := _custom_overrides(layer), list)), [])
+        # isChatModel: the main conversation's requests, whichever model answers them.
+        ours = {"match": {"isChatModel": True}, "modelConfig": {"generateContentConfig": config}}
+        model_configs = machine.get("modelConfigs")
+        own = model_configs if isinstance(model_configs, dict) else {}
+        return {**machine, "modelConfigs": {**own, "customOverrides": [*overrides, ours]}}
+
     def _approval_mode(self, request: ChatRequest) -> str:
         mode = str(request.options.get("approval_mode") or ("yolo" if request.allow_tools else "default"))
         if mode not in APPROVAL_MODES:
@@ -429,7 +545,7 @@ class GeminiRunner(CliRunner):
         return mode
 
     def new_parser(self, request: ChatRequest) -> Parser:
-        return GeminiParser()
+        return GeminiParser(max_tokens=request.max_tokens if "max_tokens" in self.honoured_parameters else None)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         try:
@@ -490,6 +606,7 @@ class GeminiRunner(CliRunner):
             return self._private
         base = _root_only_base() if os.geteuid() == 0 else None
         self._private = private.mkdtemp(prefix="gemini-", parent=base)
+        self._in_root_only_dir = base is not None
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._private, True)
         os.mkdir(os.path.join(self._private, "tmp"), 0o700)
         self._defaults_file = None
@@ -539,6 +656,16 @@ class GeminiRunner(CliRunner):
     def login_hint(self) -> str | None:
         return LOGIN_HINT
 
+    def tool_default_model(self) -> str | None:
+        """What gemini runs without --model: GEMINI_MODEL, else `model.name` of the settings
+        file that wins; None for its "auto" routing."""
+        model = self.env.get("GEMINI_MODEL") or os.environ.get("GEMINI_MODEL")
+        for path in _settings_paths():
+            if model:
+                break
+            model = as_text(as_dict(as_dict(_read_jsonc(path)).get("model")).get("name"))
+        return None if model in (None, "auto") else model
+
 
 # --- files gemini reads ------------------------------------------------------------------
 
@@ -564,6 +691,20 @@ def _settings_paths() -> list[str]:
         os.path.join(_gemini_home(), ".gemini", "settings.json"),
         _system_defaults_path(),
     ]
+
+
+def _machine_system_settings() -> dict[str, Any] | None:
+    """The system settings gemini reads ({} for none, or one it would skip as insecure); None
+    when they cannot be read, so cannot be copied."""
+    path = _system_settings_path()
+    if not os.path.exists(path) or not _root_only(path):
+        return {}
+    return _read_jsonc(path)
+
+
+def _custom_overrides(settings: dict[str, Any]) -> Any:
+    model_configs = settings.get("modelConfigs")
+    return model_configs.get("customOverrides") if isinstance(model_configs, dict) else None
 
 
 def _strip_json_comments(text: str) -> str:
@@ -637,31 +778,6 @@ def _auth_in_env_file(path: str) -> str | None:
         key, value = key.strip(), value.strip().strip("'\"")
         if (key in AUTH_ENV and value) or (key in AUTH_SWITCHES and value == "true"):
             return key
-    return None
-
-
-def _root_only(path: str) -> bool:
-    """True when gemini would trust a file here: the path and every parent owned by root, not
-    writable by group or others (gemini skips system settings files that fail this)."""
-    current = os.path.realpath(path)
-    while True:
-        try:
-            info = os.stat(current)
-        except OSError:
-            return False
-        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return False
-        parent = os.path.dirname(current)
-        if parent == current:
-            return True
-        current = parent
-
-
-def _root_only_base() -> str | None:
-    """Where a private directory can hold a system defaults file that gemini will read."""
-    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/run"):
-        if candidate and os.path.isdir(candidate) and _root_only(candidate):
-            return candidate
     return None
 
 

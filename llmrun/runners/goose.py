@@ -230,6 +230,7 @@ def _tool_response(item: dict[str, Any]) -> ChatChunk:
 
 class GooseRunner(CliRunner):
     name = "goose"
+    option_names = frozenset({"provider", "session_name", "max_turns", "extra_args"})
     display_name = "Goose"
     binary = "goose"
     aliases = ("goose-cli",)
@@ -292,12 +293,13 @@ class GooseRunner(CliRunner):
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.acp import AcpProfile, acp_connection
 
-        invocation = self.prepared_invocation(settings.request([]))
+        request = settings.request([])
+        invocation = self.prepared_invocation(request)
         # `goose acp` takes none of the run flags: the lockdown (GOOSE_MODE, telemetry) stays
         # in the environment, the model and provider go there too, and the session's mode is
         # set to chat as well; the system prompt leads the first turn.
         invocation.argv = [invocation.argv[0], "acp"]
-        model_env = {"GOOSE_MODEL": settings.model, "GOOSE_PROVIDER": settings.options.get("provider")}
+        model_env = {"GOOSE_MODEL": self.model_for(request), "GOOSE_PROVIDER": settings.options.get("provider")}
         invocation.env = {**invocation.env, **{k: str(v) for k, v in model_env.items() if v}}
         return acp_connection(self, invocation, settings, resume, AcpProfile(read_only_modes=("chat",)))
 

@@ -162,6 +162,7 @@ def error_text(stderr: str) -> str | None:
 class GptmeRunner(HistoryKeepingRunner):
     max_conversations = 256
     name = "gptme"
+    option_names = frozenset({"max_retries", "extra_args"})
     display_name = "gptme"
     binary = "gptme"
     aliases = ()

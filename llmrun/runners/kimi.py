@@ -198,6 +198,7 @@ class KimiParser(Parser):
 
 class KimiRunner(CliRunner):
     name = "kimi"
+    option_names = frozenset({"max_steps", "max_retries", "thinking", "extra_args"})
     display_name = "Kimi CLI"
     binary = "kimi"
     aliases = ("kimi-cli", "kimi_cli")

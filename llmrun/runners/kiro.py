@@ -192,6 +192,7 @@ class KiroParser(Parser):
 
 class KiroRunner(CliRunner):
     name = "kiro"
+    option_names = frozenset({"agent", "harness", "extra_args"})
     display_name = "Kiro CLI"
     binary = "kiro-cli"
     aliases = ("kiro-cli", "kiro_cli")
@@ -236,12 +237,13 @@ class KiroRunner(CliRunner):
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
         from ..transports.acp import AcpProfile, acp_connection
 
-        invocation = self.prepared_invocation(settings.request([]))
+        request = settings.request([])
+        invocation = self.prepared_invocation(request)
         # `kiro-cli acp` takes the model and the agent, not the trust flags: tools are
         # refused or granted as kiro asks for them (the transport's permission answers).
         argv = [invocation.argv[0], "acp"]
-        if settings.model:
-            argv.append(f"--model={settings.model}")
+        if model := self.model_for(request):
+            argv.append(f"--model={model}")
         if agent := settings.options.get("agent"):
             argv.append(f"--agent={agent}")
         invocation.argv = argv

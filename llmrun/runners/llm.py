@@ -209,6 +209,7 @@ class LlmParser(Parser):
 
 class LlmRunner(CliRunner):
     name = "llm"
+    option_names = frozenset({"log", "database", "model_options", "hide_reasoning", "extra_args"})
     display_name = "llm"
     binary = "llm"
     aliases = ("llm-cli", "llm_cli")

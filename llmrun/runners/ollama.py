@@ -218,13 +218,16 @@ class OllamaParser(Parser):
 
 class OllamaRunner(HistoryKeepingRunner):
     name = "ollama"
+    option_names = frozenset({"think", "hide_thinking", "keepalive", "extra_args"})
     display_name = "Ollama"
     binary = "ollama"
     aliases = ()
     framing = "text"
     needs_finished_output = True
     extra_args_at = 2  # after `run`
-    default_model = "gemma4"  # what ollama's own README runs first
+    # `ollama run` cannot run without a model (it has no default of its own), so llmrun names
+    # one: the configured model, else this, what ollama's own README runs first.
+    default_model = "gemma4"
     install_hint = "curl -fsSL https://ollama.com/install.sh | sh"  # Linux; the app on macOS and Windows
     capabilities = Capabilities(
         streaming=True,

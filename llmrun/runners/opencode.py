@@ -70,8 +70,9 @@ from ..errors import (
     SessionNotFound,
     UnsupportedFeature,
 )
+from ..images import private_image_directory
 from ..process import strip_ansi
-from ..prompting import prompt_for
+from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
 from .base import CliRunner, Parser, WholeMessageParser, _last_line, as_count, as_dict, as_number, json_object
 
@@ -267,6 +268,7 @@ class OpencodeParser(WholeMessageParser):
 
 class OpencodeRunner(CliRunner):
     name = "opencode"
+    option_names = frozenset({"agent", "variant", "extra_args"})
     display_name = "OpenCode"
     binary = "opencode"
     aliases = ("opencode-ai", "open-code", "open_code")
@@ -281,6 +283,7 @@ class OpencodeRunner(CliRunner):
         sessions=True,
         warm=True,
         system_prompt=True,
+        images=True,
         usage=True,
         cost=True,
         model_discovery=True,
@@ -328,9 +331,20 @@ class OpencodeRunner(CliRunner):
             overrides.setdefault("agent", {}).setdefault(agent, {}).update(sampling)
         if request.max_tokens is not None:
             env[self.output_limit_variable] = str(request.max_tokens)
+        # Each image is a file attached to the message, from a directory of the run's own;
+        # the tool sends it as image data when its model takes images (the model's
+        # `modalities` in its config or catalogue).
+        turns = new_turns(request.messages) if request.session_id else request.conversation()
+        image_folder = None
+        if images := [image for message in turns for image in message.images]:
+            image_folder, paths = private_image_directory(images, self.name)
+            temp_files.append(image_folder)
+            argv += [f"--file={path}" for path in paths]
         if not request.allow_tools:
             entry = overrides.setdefault("agent", {}).setdefault(str(agent), {})
             entry["permission"] = dict(self.read_only_permission)
+            if image_folder is not None:  # kilo asks for this before it reads an attached file
+                entry["permission"]["external_directory"] = {"*": "deny", os.path.join(image_folder, "*"): "allow"}
             if agent == AGENT:
                 entry["mode"] = "primary"
         if agent:
@@ -342,7 +356,7 @@ class OpencodeRunner(CliRunner):
                 )
             except UnsupportedFeature as exc:
                 for path in temp_files:
-                    os.remove(path)
+                    process.remove_path(path)
                 exc.runner = self.name
                 raise
         argv += [str(arg) for arg in request.options.get("extra_args", [])]

@@ -15,6 +15,17 @@ qwen itself still makes 7 attempts at a 429 or 5xx, 70-90 s of back-off that no 
 shortens, before it reports the error; that error then comes back as answer text
 (`[API Error: 429 ...]`) with exit code 0, which this runner turns into the typed error.
 
+Sampling parameters: `temperature`, `top_p` and `max_tokens` go in the setting
+`model.generationConfig.samplingParams`, which qwen puts in every request to the model (for
+each of its providers). They go in a settings file of the run's own at qwen's highest layer
+(the "system settings", through `QWEN_CODE_SYSTEM_SETTINGS_PATH`, a copy of the machine's own
+plus the request's values), so they win over the user's settings (a model of the user's
+`modelProviders` with sampling parameters of its own keeps those). Once set, they replace
+qwen's own request defaults, its cap of 8000 output tokens among them. qwen does not say why
+the model stopped: an answer whose tokens reach `max_tokens` ends with finish_reason "length".
+qwen sends a seed and penalties to OpenAI-compatible providers only, so llmrun names those as
+ignored.
+
 Sessions: a request naming a session resumes it with `--resume` (qwen keeps sessions per
 working directory, so use the same `cwd`); otherwise history is flattened into the prompt.
 
@@ -42,7 +53,8 @@ from ..errors import (
     SessionNotFound,
     UnsupportedFeature,
 )
-from ..prompting import prompt_for
+from ..images import at_references, private_image_directory
+from ..prompting import new_turns, prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
 from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_text
 
@@ -71,6 +83,12 @@ RUN_SETTINGS: dict[str, Any] = {
     # The OpenAI client's own retries, and the minute-long rate-limit waits on top of them.
     "model": {"generationConfig": {"maxRetries": 0}},
 }
+
+# For a run with images: the model takes image input (the lowest settings: the user's win).
+IMAGE_INPUT: dict[str, Any] = {"model": {"generationConfig": {"modalities": {"image": True}}}}
+
+# The request's parameters that qwen sends to every provider, by their samplingParams names.
+SAMPLING_PARAMS = ("temperature", "top_p", "max_tokens")
 
 # Which key each auth type needs, for telling whether qwen can run without its own settings.
 AUTH_KEY_VARS = {
@@ -110,10 +128,12 @@ class QwenParser(StreamJsonParser):
 
     login_hint = "run `qwen auth`, or set OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL"
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_tokens: int | None = None) -> None:
         super().__init__()
+        self.max_tokens = max_tokens
         self._run_usage: dict[str, int] = {}
         self._unnamed = 0
+        self._last_output: int | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
         if line.startswith("["):
@@ -147,6 +167,7 @@ class QwenParser(StreamJsonParser):
         self._add_usage(message.get("usage"))
         if event.get("parent_tool_use_id"):
             return []  # a sub-agent's message; only its usage counts
+        self._last_output = as_count(as_dict(message.get("usage")).get("output_tokens"))
         content = message.get("content")
         kept = []
         for block in content if isinstance(content, list) else []:
@@ -177,7 +198,12 @@ class QwenParser(StreamJsonParser):
             return []
         if self._run_usage:
             event = {**event, "usage": self._run_usage}
-        return super()._result(event)
+        chunks = super()._result(event)
+        # qwen says nothing of why the model stopped: an answer that used the whole limit was cut.
+        cut = self.max_tokens is not None and (self._last_output or 0) >= self.max_tokens
+        if cut and chunks and chunks[-1].finish_reason == "stop":
+            chunks[-1] = chunks[-1].model_copy(update={"finish_reason": "length"})
+        return chunks
 
     # --- qwen's variant -------------------------------------------------------------------
 
@@ -230,6 +256,7 @@ def _is_api_error(text: Any) -> TypeGuard[str]:
 
 class QwenRunner(CliRunner):
     name = "qwen"
+    option_names = frozenset({"approval_mode", "max_session_turns", "extra_args"})
     display_name = "Qwen Code"
     binary = "qwen"
     aliases = ("qwen_code", "qwen-code")
@@ -242,12 +269,22 @@ class QwenRunner(CliRunner):
         sessions=True,
         warm=True,
         system_prompt=True,
+        images=True,
         usage=True,
     )
     # No default model: qwen's own configuration (settings or OPENAI_MODEL) chooses one.
+    honoured_parameters = {name: f"settings model.generationConfig.samplingParams.{name}" for name in SAMPLING_PARAMS}
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         prompt = prompt_for(request)
+        turns = new_turns(request.messages) if request.session_id else request.conversation()
+        image_dir: list[str] = []
+        if images := [image for message in turns for image in message.images]:
+            # qwen reads a file named by `@path` from a directory it was given, and sends an
+            # image as image data when its settings say the model takes images (IMAGE_INPUT).
+            folder, paths = private_image_directory(images, self.name)
+            image_dir = [folder]
+            prompt = f"{prompt}\n\n{at_references(paths)}"
         if len(prompt.encode("utf-16-le")) // 2 > STDIN_LIMIT_UNITS:
             raise UnsupportedFeature(
                 "the prompt is longer than the 8 Mi characters qwen reads from stdin", runner=self.name
@@ -261,10 +298,11 @@ class QwenRunner(CliRunner):
             argv.append(f"--model={model}")
         if session := self.session_to_resume(request):
             argv.append(f"--resume={session}")
+        argv += [f"--include-directories={folder}" for folder in image_dir]
         if "max_session_turns" in request.options:
             argv.append(f"--max-session-turns={int(request.options['max_session_turns'])}")
         env: dict[str, str] = {}
-        temp_files: list[str] = []
+        temp_files: list[str] = list(image_dir)
         try:
             if system := request.system_prompt():
                 if len(system.encode()) <= SYSTEM_PROMPT_ARGV_LIMIT:
@@ -274,13 +312,25 @@ class QwenRunner(CliRunner):
                     env["QWEN_SYSTEM_MD"] = private.write_file(system, prefix="llmrun-system-", suffix=".md")
                     temp_files.append(env["QWEN_SYSTEM_MD"])
             settings = run_settings({**os.environ, **self.env})
+            if settings is not None and (image_dir or not request.messages):
+                # qwen takes a model named by OPENAI_MODEL (not in its modelProviders) as text
+                # only and would not send the image; settings of the user's own still win. A
+                # warm session starts with no message, and any of its turns may bring images.
+                settings = _merge(IMAGE_INPUT, settings)
             if settings is not None:
                 defaults = private.write_file(json.dumps(settings), prefix="llmrun-qwen-", suffix=".json")
                 env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"] = defaults
                 temp_files.append(env["QWEN_CODE_SYSTEM_DEFAULTS_PATH"])
+            sampling = sampling_settings(request, {**os.environ, **self.env})
+            if sampling is not None:
+                path = private.write_file(json.dumps(sampling), prefix="llmrun-qwen-system-", suffix=".json")
+                temp_files.append(path)
+                # qwen looks for the system defaults beside the system settings unless told.
+                env.setdefault("QWEN_CODE_SYSTEM_DEFAULTS_PATH", _defaults_path({**os.environ, **self.env}))
+                env["QWEN_CODE_SYSTEM_SETTINGS_PATH"] = path
         except BaseException:
             for path in temp_files:
-                os.remove(path)
+                process.remove_path(path)
             raise
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         return process.Invocation(
@@ -321,7 +371,7 @@ class QwenRunner(CliRunner):
         return acp_connection(self, invocation, settings, resume, AcpProfile(system_prompt_at_start=True))
 
     def new_parser(self, request: ChatRequest) -> Parser:
-        return QwenParser()
+        return QwenParser(max_tokens=request.max_tokens)
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:
         last = _last_line(stderr)
@@ -380,15 +430,42 @@ def run_settings(env: Mapping[str, str]) -> dict[str, Any] | None:
     return _merge(RUN_SETTINGS, existing)
 
 
-def _machine_defaults(env: Mapping[str, str]) -> dict[str, Any] | None:
-    path = env.get("QWEN_CODE_SYSTEM_DEFAULTS_PATH")
-    if not path:
-        system = env.get("QWEN_CODE_SYSTEM_SETTINGS_PATH") or (
-            "/Library/Application Support/QwenCode/settings.json"
-            if sys.platform == "darwin"
-            else "/etc/qwen-code/settings.json"
+def sampling_settings(request: ChatRequest, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The system settings for a run with sampling parameters: the machine's, with the
+    request's values on top; None when the request sets none."""
+    params = {name: value for name in SAMPLING_PARAMS if (value := getattr(request, name)) is not None}
+    if not params:
+        return None
+    path = _system_settings_path(env)
+    existing = _read_settings(path)
+    if existing is None:
+        raise UnsupportedFeature(
+            f"cannot pass {', '.join(params)} to qwen: its system settings {path} cannot be read as plain JSON",
+            runner="qwen",
         )
-        path = os.path.join(os.path.dirname(system), "system-defaults.json")
+    run = {"model": {"generationConfig": {"samplingParams": params}}}
+    return _merge({"$version": RUN_SETTINGS["$version"]}, _merge(existing, run))
+
+
+def _system_settings_path(env: Mapping[str, str]) -> str:
+    if explicit := env.get("QWEN_CODE_SYSTEM_SETTINGS_PATH"):
+        return explicit
+    if sys.platform == "darwin":
+        return "/Library/Application Support/QwenCode/settings.json"
+    return "/etc/qwen-code/settings.json"
+
+
+def _defaults_path(env: Mapping[str, str]) -> str:
+    explicit = env.get("QWEN_CODE_SYSTEM_DEFAULTS_PATH")
+    return explicit or os.path.join(os.path.dirname(_system_settings_path(env)), "system-defaults.json")
+
+
+def _machine_defaults(env: Mapping[str, str]) -> dict[str, Any] | None:
+    return _read_settings(_defaults_path(env))
+
+
+def _read_settings(path: str) -> dict[str, Any] | None:
+    """A settings file as plain JSON: {} when there is none, None when it cannot be read."""
     try:
         text = Path(path).read_text("utf-8")
     except FileNotFoundError:
@@ -419,5 +496,3 @@ def _flag_value(args: list[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.partition("=")[2]
     return None
-
-

@@ -217,6 +217,7 @@ def usage_from(usage: dict[str, Any]) -> Usage:
 
 class VibeRunner(CliRunner):
     name = "vibe"
+    option_names = frozenset({"agent", "trust", "max_turns", "max_price", "retry_seconds", "extra_args"})
     display_name = "Mistral Vibe"
     binary = "vibe"
     aliases = ("mistral-vibe", "mistral_vibe")

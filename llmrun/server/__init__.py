@@ -1,6 +1,6 @@
 """`llmrun serve`: the daemon speaking the OpenAI, Anthropic and Ollama APIs and MCP over llmrun's runners.
 
-Needs the `server` extra (`pip install 'llmrun[server]'`: FastAPI and uvicorn); nothing
+Needs the `server` extra (`pip install 'llmrun-cli[server]'`: FastAPI and uvicorn); nothing
 else in llmrun imports this package.
 
     from llmrun.server import create_app, load_settings

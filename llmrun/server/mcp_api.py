@@ -51,7 +51,7 @@ def mount(app: FastAPI, state: ServerState) -> None:
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in ("mcp", "mcp_types"):
             raise
-        log.warning("no MCP at %s: the mcp package is not installed (pip install 'llmrun[server]')", PATH)
+        log.warning("no MCP at %s: the mcp package is not installed (pip install 'llmrun-cli[server]')", PATH)
         return
     server = build_server(EngineBackend(state))
     server.streamable_http_app(

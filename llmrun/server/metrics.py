@@ -268,7 +268,7 @@ def mount(app: FastAPI, state: ServerState) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "prometheus_client":
             raise
-        log.warning("no metrics at %s: prometheus_client is not installed (pip install 'llmrun[server]')", PATH)
+        log.warning("no metrics at %s: prometheus_client is not installed (pip install 'llmrun-cli[server]')", PATH)
         metrics = None
     traces = tracer()
     if metrics is None and traces is None:

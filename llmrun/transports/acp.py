@@ -484,6 +484,7 @@ def acp_connection(
         cwd=os.path.abspath(settings.cwd or os.getcwd()),
         allow_tools=settings.allow_tools,
         system=settings.request([]).system_prompt(),
-        model=settings.model,
+        # The session's model, else the configured one; None leaves the agent's own choice.
+        model=runner.model_for(settings.request([])),
         **quirks,
     )

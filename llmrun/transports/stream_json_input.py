@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UnsupportedFeature
+from ..images import image_data
 from ..prompting import flatten_conversation
 from ..runners.base import as_dict, json_object
 from ..runners.stream_json import StreamJsonParser
-from ..types import ChatRequest
+from ..types import ChatRequest, ImagePart
 from .base import WarmConnection
 
 
@@ -56,15 +57,11 @@ class StreamJsonInput(WarmConnection):
     async def send_turn(self, request: ChatRequest) -> None:
         if request.json_schema is not None:
             raise UnsupportedFeature("structured output needs a one-shot run, not a warm session")
+        images = [image for message in request.messages for image in message.images]
+        line = user_line(flatten_conversation(request.messages), images, self.session_id, runner=self.runner)
         self._parser = self.new_parser()
-        message = {
-            "type": "user",
-            "message": {"role": "user", "content": [{"type": "text", "text": flatten_conversation(request.messages)}]},
-            "parent_tool_use_id": None,
-            "session_id": self.session_id or "default",
-        }
         assert self.child is not None
-        await self.child.send(_line(message))
+        await self.child.send(line)
 
     async def interrupt(self) -> None:
         if self.child is None or not self.alive:
@@ -110,6 +107,23 @@ class StreamJsonInput(WarmConnection):
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(self.exit_error())
             self._ready.exception()  # seen here: a start already given up on must not log it
+
+
+def user_line(text: str, images: list[ImagePart], session_id: str | None, *, runner: str) -> bytes:
+    """One `user` message of stream-json input: the images as base64 image blocks (as the
+    Messages API takes them), then the text."""
+    content: list[dict[str, Any]] = []
+    for image in images:
+        media_type, data = image_data(image, runner)
+        content.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+    content.append({"type": "text", "text": text})
+    message = {
+        "type": "user",
+        "message": {"role": "user", "content": content},
+        "parent_tool_use_id": None,
+        "session_id": session_id or "default",
+    }
+    return _line(message)
 
 
 def _line(message: dict[str, Any]) -> bytes:
