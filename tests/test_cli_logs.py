@@ -50,6 +50,8 @@ def llm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in list(os.environ):
         if name.startswith("LLM_"):
             monkeypatch.delenv(name)
+    # The interactive mode checks the login first: the default model's key must be there.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     return record
 
 

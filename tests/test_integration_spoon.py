@@ -114,7 +114,8 @@ async def test_completion_sends_the_prompt_as_the_user_turn(claude: FakeRun) -> 
     response = await provider.completion("Complete this")
     assert response.content == "Hello from mock"
     (invocation,) = claude.invocations()
-    assert invocation["stdin"] == "Complete this" and "--model" in invocation["argv"]
+    # No model named: the tool's own default applies, so none is put on its command line.
+    assert invocation["stdin"] == "Complete this" and "--model" not in invocation["argv"]
 
 
 async def test_keyword_arguments_and_defaults_become_the_request() -> None:

@@ -8,8 +8,8 @@ uses model groups of its own and counts what its requests added.
 
 LiteLLM pins its dependencies tightly, so it lives in a virtualenv of its own:
 `scripts/install-python-tools` installs it and links `litellm` into a directory on PATH.
-The tests run the `litellm` named by $LLMRUN_LITELLM_BIN, else the one on PATH, else the one
-in that virtualenv, and skip when there is none.
+The tests run the `litellm` named by $LLMRUN_LITELLM_BIN, else the one in that virtualenv,
+else the one on PATH, and skip when there is none.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ INSTALL = "bash scripts/install-python-tools (it puts LiteLLM in a virtualenv of
 TOOLS_HOME = Path(os.environ.get("LLMRUN_TOOLS_HOME") or Path.home() / ".local/share/llmrun-tools")
 LITELLM = (
     os.environ.get("LLMRUN_LITELLM_BIN")  # read at import: the tests' fixtures clear LLMRUN_* variables
-    or shutil.which("litellm")
+    # The proxy's own environment before PATH: the `litellm` extra puts a `litellm` without the
+    # proxy's dependencies in llmrun's environment, which `make test` puts first on PATH.
     or next((str(p) for p in [TOOLS_HOME / "litellm/bin/litellm"] if p.is_file()), None)
+    or shutil.which("litellm")
 )
 PATH = os.environ.get("PATH", "/usr/bin:/bin")
 START_LIMIT = 180.0  # the proxy starts in seconds, but the machine may be busy

@@ -893,7 +893,8 @@ def test_codex_app_server_reads_messages_of_the_wrong_type() -> None:
     )
     items = run_warm(WARM[1], agent, turns=1)
     assert [c.delta for c in items if c.delta] == ["Hi"]
-    assert items[-1].is_final and items[-1].model == "gpt-6.1-sol" and items[-1].session_id is None
+    # No model was asked for, and the one thread/start reported is not a name: none is claimed.
+    assert items[-1].is_final and items[-1].model is None and items[-1].session_id is None
 
 
 ACP_START = {
