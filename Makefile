@@ -41,5 +41,13 @@ lint:
 	$(PYTHON) -m ruff check llmrun tests fixtures bench
 	$(PYTHON) -m mypy
 
+# The hot paths, each side by side with its baseline (bench/README.md); make bench BENCH=--quick
+# for a smoke run. parsers.py makes a venv of its own for claude-agent-sdk (bench/requirements.txt),
+# daemon_overhead.py uses LiteLLM's proxy from scripts/install-python-tools when it is there.
+BENCH :=
 bench:
-	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/stream_latency.py
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/command_overhead.py $(BENCH)
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/startup.py $(BENCH)
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/parsers.py $(BENCH)
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/stream_latency.py $(BENCH)
+	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/daemon_overhead.py $(BENCH)

@@ -7,7 +7,6 @@ runner. Other packages add runners through the entry-point group `llmrun.runners
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -137,6 +136,8 @@ def get_runner_class(name: str) -> type[Runner]:
 
 def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
     """The candidates that look like a misspelling of `word`, closest first."""
+    import difflib  # only for a name not found
+
     by_key = {candidate.lower(): candidate for candidate in candidates}
     return [by_key[key] for key in difflib.get_close_matches(word.strip().lower(), by_key, n=3, cutoff=0.6)]
 

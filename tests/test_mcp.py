@@ -69,7 +69,7 @@ async def survivors(pids: list[int], within: float = 30.0) -> list[int]:
 
 def runs(claude: FakeRun) -> list[dict[str, Any]]:
     """The fake's answering runs (not its --version checks), oldest first."""
-    return [inv for inv in claude.invocations() if "-p" in inv["argv"]]
+    return [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
 
 
 # --- stdio --------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_claude_code_asks_llmrun_prompt_over_stdio(api: AsksLlmrun, tmp_path: Pa
     assert TOOL in [tool.get("name") for tool in first.get("tools") or []]  # claude listed llmrun's tools
     # llmrun's prompt tool ran: the backend got the question...
     runs = [json.loads(p.read_text()) for p in sorted(record.glob("invocation-*.json"))]
-    asked = [run for run in runs if "-p" in run["argv"]]
+    asked = [run for run in runs if "--output-format" in run["argv"]]
     assert len(asked) == 1 and asked[0]["stdin"].rstrip().endswith(QUESTION)
     assert asked[0]["argv"][asked[0]["argv"].index("--tools") + 1] == ""  # its agent tools off
     # ...and its answer is what claude sent back to the model as the tool's result.

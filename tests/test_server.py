@@ -46,7 +46,7 @@ def claude_sdk(server: LiveServer) -> anthropic.Anthropic:
 
 
 def argv_of_last_run(claude: FakeRun) -> list[str]:
-    runs = [inv for inv in claude.invocations() if "-p" in inv["argv"]]
+    runs = [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
     assert runs, "the fake was not run"
     return list(runs[-1]["argv"])
 

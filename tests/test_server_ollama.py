@@ -103,7 +103,7 @@ def test_chat_answer(client: ollama.Client, claude: FakeRun) -> None:
     assert done.model == "claude_code/opus"
     assert_final(done)
     assert (done.prompt_eval_count, done.eval_count) == (12, 7)
-    argv = next(inv["argv"] for inv in reversed(claude.invocations()) if "-p" in inv["argv"])
+    argv = next(inv["argv"] for inv in reversed(claude.invocations()) if "--output-format" in inv["argv"])
     assert argv[argv.index("--model") + 1] == "opus"
     assert argv[argv.index("--system-prompt") + 1] == "Be terse"
 
@@ -137,7 +137,7 @@ def test_generate(client: ollama.Client, claude: FakeRun) -> None:
     assert_final(done)
     assert "".join(p.response or "" for p in parts) == TEXT
     assert_final(parts[-1])
-    argv = next(inv["argv"] for inv in reversed(claude.invocations()) if "-p" in inv["argv"])
+    argv = next(inv["argv"] for inv in reversed(claude.invocations()) if "--output-format" in inv["argv"])
     assert argv[argv.index("--model") + 1] == "haiku"
 
 
@@ -169,7 +169,7 @@ def test_web_pages_still_cannot_post_to_the_ollama_api(server: LiveServer, claud
 
     assert [a.status_code for a in answers] == [403, 403, 403]
     assert all(set(a.json()) == {"error"} for a in answers)
-    assert not [inv for inv in claude.invocations() if "-p" in inv["argv"]]
+    assert not [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
 
 
 def test_think(client: ollama.Client, claude: FakeRun) -> None:

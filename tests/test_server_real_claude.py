@@ -61,7 +61,7 @@ def test_claude_code_completes_a_plain_turn_through_the_daemon(fake: FakeRun, tm
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Hello from mock"
-    (run,) = [inv for inv in fake.invocations() if "-p" in inv["argv"]]
+    (run,) = [inv for inv in fake.invocations() if "--output-format" in inv["argv"]]
     assert run["argv"][run["argv"].index("--model") + 1] == "haiku"
     assert run["stdin"].rstrip().endswith("Say hi")
 

@@ -443,6 +443,6 @@ def test_claude_fake_answers_and_resumes_its_session(monkeypatch: pytest.MonkeyP
     summary = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")
     assert summary == "The user greets me. A short friendly reply is enough."
     assert events[-1].type == "response.completed" and events[-1].response.output_text == "Hello after thinking"
-    runs = [inv for inv in claude.invocations() if "-p" in inv["argv"]]
+    runs = [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
     assert f"--resume={SESSION}" in runs[-1]["argv"]  # the first turn's tool session goes on
     assert runs[-1]["stdin"] == "two"  # only the new turn was sent

@@ -57,7 +57,7 @@ def test_key_is_required_on_loopback_too_once_set(keyed: LiveServer, claude: Fak
     good = anthropic.Anthropic(base_url=keyed.url, api_key=KEY, max_retries=0, timeout=10)
     assert good.messages.create(max_tokens=5, **CHAT).stop_reason == "end_turn"
 
-    assert len([i for i in claude.invocations() if "-p" in i["argv"]]) == 2  # refused requests ran nothing
+    assert len([i for i in claude.invocations() if "--output-format" in i["argv"]]) == 2  # refused requests ran nothing
 
 
 @pytest.mark.parametrize("path", ["/health", "/health/ready", "/v1/models", "/v1/runners", "/openapi.json"])

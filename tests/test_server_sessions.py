@@ -59,7 +59,7 @@ def assistant(text: str) -> dict[str, Any]:
 
 
 def last_run(claude: FakeRun) -> dict[str, Any]:
-    runs = [inv for inv in claude.invocations() if "-p" in inv["argv"]]
+    runs = [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
     assert runs, "the fake was not run"
     return runs[-1]
 

@@ -10,16 +10,18 @@ import time
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import typer
 
 from ..errors import InvalidRequest, ModelNotFound, SessionNotFound, UnsupportedFeature
-from ..logs import Recorder
 from ..registry import get_runner, with_model_suggestion
-from ..runners.base import Runner
 from ..types import ChatChunk, ChatRequest, ChatResponse, ImagePart, Message, check_session_id
 from . import render, selection, state
+
+if TYPE_CHECKING:
+    from ..logs import Recorder  # sqlite3 and the log load only when a turn is logged
+    from ..runners.base import Runner
 
 T = TypeVar("T")
 

@@ -16,7 +16,6 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .. import check_cache
 from ..errors import AuthenticationError, BinaryNotFound, ConfigError, InvalidRequest, LlmrunError, RunnerError
 
 if TYPE_CHECKING:
@@ -30,9 +29,12 @@ def check_config() -> None:
     from ..config import check_runner_tables, config_path, load_file
 
     path = config_path()
+    data = load_file(path)
+    if "runners" not in data and "runner" not in data:
+        return  # nothing to check, and the runners' plugins (entry points) stay unscanned
     names = registry.runner_names()
     aliases = {alias: registry.canonical_name(alias) for alias in getattr(registry, "ALIASES", {})}
-    check_runner_tables(load_file(path), path, names, aliases)
+    check_runner_tables(data, path, names, aliases)
 
 
 def configured_runner() -> str | None:
@@ -67,6 +69,8 @@ async def check_all(
     on_progress: Callable[[list[str]], None] | None = None,
 ) -> list[HealthReport]:
     """Health of every named runner, checked in parallel, in the order given."""
+    from .. import check_cache
+
     with check_cache.used(refresh=refresh or probe):  # each task keeps the context it is made in
         tasks = [asyncio.ensure_future(check(name, probe=probe)) for name in names]
     pending = set(tasks)
@@ -90,6 +94,8 @@ async def detect_runner(on_progress: Callable[[list[str]], None] | None = None) 
     logged in. When what the cache remembered leaves none usable, the tools are checked
     again (a login since then counts).
     """
+    from .. import check_cache
+
     with check_cache.used() as cache:
         try:
             return await _detect(on_progress)
@@ -101,6 +107,7 @@ async def detect_runner(on_progress: Callable[[list[str]], None] | None = None) 
 
 
 async def _detect(on_progress: Callable[[list[str]], None] | None) -> str:
+    from .. import check_cache
     from ..registry import runner_names
 
     names = runner_names()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import private
-from ..logs import Log, Turn
 
 if TYPE_CHECKING:
+    from ..logs import Turn
     from ..runners.base import Runner
     from ..types import Message
 
@@ -107,6 +106,10 @@ def remember(runner: str, session_id: str, model: str | None) -> None:
 
 def _logged_conversation(runner: str | None) -> list[Turn]:
     """The turns of the last answered conversation in the log (with `runner`, if given)."""
+    import sqlite3  # only to continue a conversation: a one-shot chat opens no log here
+
+    from ..logs import Log
+
     try:
         with Log() as log:
             return log.last_conversation(runner)

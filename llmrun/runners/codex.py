@@ -85,7 +85,7 @@ from ..errors import (
 )
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
-from .base import CliRunner, Parser, as_count, as_text, json_object
+from .base import CliRunner, Parser, as_count, as_text, delta_chunk, json_object
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -315,7 +315,7 @@ class CodexParser(Parser):
         # A later message (the answer after a tool ran) starts a new paragraph.
         prefix = "\n\n" if self._sent_text else ""
         self._sent_text = True
-        return ChatChunk(delta=prefix + text)
+        return delta_chunk(prefix + text)
 
     def _thinking(self, text: str) -> ChatChunk:
         prefix = "\n\n" if self._sent_thinking else ""

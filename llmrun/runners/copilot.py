@@ -52,7 +52,7 @@ import shutil
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import private, process
 from ..errors import (
@@ -68,7 +68,19 @@ from ..errors import (
 from ..images import private_image_file
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_list, as_text, json_object
+from .base import (
+    CliRunner,
+    Parser,
+    _last_line,
+    as_count,
+    as_dict,
+    as_list,
+    as_text,
+    delta_chunk,
+    json_object,
+    json_text,
+    line_shape,
+)
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -174,12 +186,22 @@ def session_totals(copilot_home: str, session_id: str) -> dict[str, int] | None:
 # --- the event stream --------------------------------------------------------------------
 
 
+# A text delta of the answer exactly as copilot prints it: the message id, then the text.
+COPILOT_TEXT_DELTA = line_shape(
+    '{"type":"assistant.message_delta","data":{"messageId":"<key>","deltaContent":"<text>"},'
+    '"ephemeral":true,"id":"<id>","timestamp":"<id>","parentId":"<id>"}'
+)
+
+
 class CopilotParser(Parser):
     """Parses one run of `copilot --output-format json`.
 
     `max_retries` bounds the retries of a 429 or 5xx answer that llmrun waits through.
     The final chunk carries no usage: copilot reports it in a file (see the runner).
     """
+
+    fast_line: ClassVar[re.Pattern[str] | None] = COPILOT_TEXT_DELTA
+    """A line that is certainly a text delta, its message id and text in groups 1 and 2."""
 
     def __init__(self, *, max_retries: int | None = DEFAULT_MAX_RETRIES) -> None:
         super().__init__()
@@ -194,6 +216,8 @@ class CopilotParser(Parser):
         self._failure: tuple[int | None, str] | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
+        if self.fast_line is not None and (match := self.fast_line.fullmatch(line)) and (text := json_text(match[2])):
+            return self._text(match[1], text, streamed=True)
         event = json_object(line)
         if event is None:
             return []  # noise on stdout, skipped
@@ -236,7 +260,7 @@ class CopilotParser(Parser):
             text = "\n\n" + text
         self.sent_text = True
         self._last_message = key
-        return [ChatChunk(delta=text)]
+        return [delta_chunk(text)]
 
     def _message(self, data: dict[str, Any]) -> list[ChatChunk]:
         self._note_model(data.get("model"))

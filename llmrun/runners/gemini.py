@@ -74,7 +74,7 @@ import tempfile
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import private, process
 from ..errors import (
@@ -92,7 +92,7 @@ from ..errors import (
 from ..images import at_references, private_image_directory
 from ..prompting import flatten_conversation, new_turns
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, as_count, as_dict, as_text, json_object
+from .base import CliRunner, Parser, as_count, as_dict, as_text, delta_chunk, json_object, json_text, line_shape
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -248,8 +248,17 @@ def tool_message(stderr: str) -> str:
 # --- the event stream --------------------------------------------------------------------
 
 
+# A text delta of the answer exactly as gemini prints it.
+GEMINI_TEXT_DELTA = line_shape(
+    '{"type":"message","timestamp":"<id>","role":"assistant","content":"<text>","delta":true}'
+)
+
+
 class GeminiParser(Parser):
     """Parses one run's stream-json output (init, message, tool_use, tool_result, error, result)."""
+
+    fast_line: ClassVar[re.Pattern[str] | None] = GEMINI_TEXT_DELTA
+    """A line that is certainly a text delta of the answer, its text in group 1."""
 
     def __init__(self, *, max_tokens: int | None = None) -> None:
         super().__init__()
@@ -262,6 +271,8 @@ class GeminiParser(Parser):
         self._last_error: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
+        if self.fast_line is not None and (match := self.fast_line.fullmatch(line)) and (text := json_text(match[1])):
+            return self._answer_text(text)
         event = json_object(line)
         if event is None:
             return []  # noise on stdout, skipped
@@ -296,12 +307,15 @@ class GeminiParser(Parser):
         content = event.get("content")
         if event.get("role") != "assistant" or not isinstance(content, str) or not content:
             return []
+        return self._answer_text(content)
+
+    def _answer_text(self, text: str) -> list[ChatChunk]:
         # The answer after a tool ran starts a new paragraph.
         if self.sent_text and self._tool_since_text:
-            content = "\n\n" + content
+            text = "\n\n" + text
         self.sent_text = True
         self._tool_since_text = False
-        return [ChatChunk(delta=content)]
+        return [delta_chunk(text)]
 
     def _tool_result(self, event: dict[str, Any]) -> ChatChunk:
         self._tool_since_text = True

@@ -56,7 +56,7 @@ from ..errors import (
 from ..images import at_references, private_image_directory
 from ..prompting import new_turns, prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest, Usage
-from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_text
+from .base import CliRunner, Parser, _last_line, as_count, as_dict, as_text, line_shape
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -114,6 +114,13 @@ _RATE = re.compile(r"rate limit|RESOURCE_EXHAUSTED|quota", re.I)
 _AUTH_STATUS = re.compile(r"UNAUTHENTICATED|PERMISSION_DENIED")
 
 
+# A text delta of the answer exactly as qwen prints it.
+QWEN_TEXT_DELTA = line_shape(
+    '{"type":"stream_event","uuid":"<id>","session_id":"<id>","parent_tool_use_id":null,'
+    '"event":{"type":"content_block_delta","index":<int>,"delta":{"type":"text_delta","text":"<text>"}}}'
+)
+
+
 class QwenParser(StreamJsonParser):
     """Claude's stream-json as qwen prints it.
 
@@ -127,6 +134,7 @@ class QwenParser(StreamJsonParser):
     """
 
     login_hint = "run `qwen auth`, or set OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL"
+    fast_line = QWEN_TEXT_DELTA
 
     def __init__(self, *, max_tokens: int | None = None) -> None:
         super().__init__()
@@ -150,15 +158,11 @@ class QwenParser(StreamJsonParser):
             return chunks
         return super().feed(line)
 
-    def _stream_event(self, event: dict[str, Any]) -> list[ChatChunk]:
-        inner = event.get("event")
-        if isinstance(inner, dict) and inner.get("type") == "content_block_delta":
-            delta = as_dict(inner.get("delta"))
-            if delta.get("type") == "text_delta" and _is_api_error(delta.get("text")):
-                if not event.get("parent_tool_use_id"):  # a sub-agent's failure is not the answer's
-                    self._api_error(delta["text"])
-                return []
-        return super()._stream_event(event)
+    def _stream_text(self, text: str) -> list[ChatChunk]:
+        if text.startswith(API_ERROR_PREFIX):  # a sub-agent's failure never comes here: not the answer's
+            self._api_error(text)
+            return []
+        return super()._stream_text(text)
 
     def _assistant(self, event: dict[str, Any]) -> list[ChatChunk]:
         message = event.get("message")

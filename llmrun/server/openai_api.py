@@ -148,6 +148,11 @@ class Output:
         self._tool_index = 0
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
+        # A text delta is most of a stream: its event is this stream's fixed bytes around the text.
+        event = self._event({"content": None}).decode()
+        head, marker, tail = event.rpartition('"delta": {"content": null}')
+        self._text_head = (head + marker[: -len("null}")]).encode()
+        self._text_tail = ("}" + tail).encode()
 
     def error(self, exc: LlmrunError) -> tuple[int, dict[str, Any], dict[str, str]]:
         return error_response_parts(exc)
@@ -179,6 +184,10 @@ class Output:
         return self._event({"role": "assistant", "content": ""})
 
     def chunk(self, chunk: ChatChunk) -> bytes:
+        if chunk.delta and not (
+            chunk.thinking or chunk.tool_call or chunk.finish_reason or chunk.usage or chunk.warnings
+        ):
+            return self._text_head + json.dumps(chunk.delta, ensure_ascii=False).encode() + self._text_tail
         rendered = chunk.to_openai(id=self.id, created=self.created, tool_index=self._tool_index)
         delta: dict[str, Any] = rendered["choices"][0]["delta"]
         if chunk.tool_call is not None:

@@ -140,6 +140,7 @@ class RunResponse(Response):
         self._finished = False  # last body byte sent
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
+        self._keeping_alive: asyncio.Task[None] | None = None  # a silent stream's keep-alives, after the grace
 
     def stop(self) -> None:
         """Cancel the run because the server is shutting down."""
@@ -196,7 +197,10 @@ class RunResponse(Response):
     async def _run_stream(self, send: Send, stream: Callable[[], AsyncGenerator[ChatChunk, None]]) -> None:
         output = self.output
         async with contextlib.aclosing(stream()) as chunks:
-            keeping_alive = asyncio.ensure_future(self._keep_alive(send)) if self._pace is not None else None
+            # A timer, not a task: most streams have their first chunk before the grace ends.
+            grace = None
+            if self._pace is not None:
+                grace = asyncio.get_running_loop().call_later(self._pace.grace, self._begin_keep_alive, send)
             first: ChatChunk | None = None
             failure: LlmrunError | None = None
             try:
@@ -209,8 +213,10 @@ class RunResponse(Response):
                 log.error("a run failed unexpectedly", exc_info=exc)
                 failure = LlmrunError("internal error in llmrun's server")
             finally:
-                if keeping_alive is not None:
-                    await self._stop_keeping_alive(keeping_alive)
+                if grace is not None:
+                    grace.cancel()
+                if self._keeping_alive is not None:
+                    await self._stop_keeping_alive(self._keeping_alive)
             if failure is not None:
                 await self._fail(send, failure)
                 return
@@ -237,10 +243,12 @@ class RunResponse(Response):
         await self._head(send, 200, [*head, (b"x-accel-buffering", b"no")])
         await self._body(send, self.output.start())
 
+    def _begin_keep_alive(self, send: Send) -> None:
+        self._keeping_alive = asyncio.ensure_future(self._keep_alive(send))
+
     async def _keep_alive(self, send: Send) -> None:
         """Open a stream that is still silent after the grace, then keep it alive until cancelled."""
         assert self._pace is not None
-        await asyncio.sleep(self._pace.grace)
         async with self._writing:
             await self._open(send)
         while True:

@@ -377,6 +377,8 @@ class Engine:
         return turn.request, None
 
     def _log_start(self, turn: Turn, request: ChatRequest, *, warm: bool = False, resumed: bool = False) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "turn: runner=%s model=%s stream=%s tools=%d warm=%s resumed=%s",
             printable(turn.runner.name),
