@@ -23,6 +23,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -196,13 +197,26 @@ class Log:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            self._migrate(db)
+            self._prepare(db)
         except BaseException:
             db.close()
             raise
         self._db = db
         return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """WAL mode and the current schema. Switching to WAL can meet another process's lock
+        without SQLite waiting for it (its busy timeout does not cover that step): try again."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
