@@ -16,9 +16,9 @@ cold turn reaches the model with each way of giving it the prompt.
    /usr/bin/claude against a loopback mock of the Anthropic API (the mock of the real-CLI tests,
    answering at once), only inside a network namespace with loopback only.
 2. With --real, claude's cold turn by invocation: `-p` with the prompt as text on stdin (what
-   llmrun runs), `-p --input-format stream-json` with the prompt as one user message,
-   and stream-json input without `-p` (as claude-agent-sdk runs it); stdin is closed after the
-   prompt in all three. Timed: spawn to the mock receiving the `POST /v1/messages`, and spawn
+   llmrun ran before), `-p --input-format stream-json` with the prompt as one user message,
+   and stream-json input without `-p` (what llmrun runs now, as claude-agent-sdk does); stdin
+   is closed after the prompt in all three. Timed: spawn to the mock receiving the `POST /v1/messages`, and spawn
    to exit. Interleaved, medians.
 
 Standard library, llmrun and the tests' mocks only; nothing asserts on times.
@@ -204,21 +204,16 @@ def overhead(label: str, env: dict[str, str], runs: int, compare: Path | None) -
 
 def cold_turns(env: dict[str, str], mock: Any, binary: str, runs: int) -> None:
     """Spawn to request and spawn to exit for each way of giving claude the prompt."""
-    from llmrun.transports.stream_json_input import user_line
-
-    argv, _, child_env = direct_invocation(env)
-    base = list(argv)
-    if "--input-format" in base:  # what llmrun runs now; the text variant is rebuilt from it
+    argv, json_line, child_env = direct_invocation(env)
+    base = [arg for arg in argv if arg != "-p"]
+    if "--input-format" in base:  # what llmrun runs now; the other variants are built from it
         at = base.index("--input-format")
         del base[at : at + 2]
-    json_line = user_line("hi", [], None, runner="claude_code")
+    printing = [base[0], "-p", *base[1:]]
     variants = {
-        "-p, prompt as text": (base, b"hi"),
-        "-p --input-format stream-json": ([*base, "--input-format", "stream-json"], json_line),
-        "stream-json input, no -p (SDK)": (
-            [a for a in base if a != "-p"] + ["--input-format", "stream-json"],
-            json_line,
-        ),
+        "-p, prompt as text": (printing, b"hi"),
+        "-p --input-format stream-json": ([*printing, "--input-format", "stream-json"], json_line),
+        "stream-json input, no -p (llmrun)": ([*base, "--input-format", "stream-json"], json_line),
     }
     timings: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}

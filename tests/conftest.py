@@ -295,6 +295,15 @@ class FakeRun:
         return get_runner(self.tool.runner, **settings)
 
 
+def prompt_in(stdin: str | bytes) -> str:
+    """The prompt a run was given on stdin: the text of the one stream-json user message a
+    one-shot claude reads, else stdin as it came."""
+    text = stdin.decode() if isinstance(stdin, bytes) else stdin
+    if text.startswith('{"type": "user"'):
+        return "".join(block["text"] for block in json.loads(text)["message"]["content"] if block["type"] == "text")
+    return text
+
+
 @pytest.fixture(params=FAKE_TOOLS, ids=lambda t: t.runner)
 def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]:
     record = tmp_path / "record"

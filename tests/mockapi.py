@@ -34,6 +34,9 @@ OUTPUT_TOKENS = 7
 TOOL_NAME = "Bash"
 TOOL_INPUT = {"command": "echo mock-tool-ran", "description": "Print a marker"}
 TOOL_PREAMBLE = "I will run a command."
+# `structured`: the answer as the input of the tool claude offers for --json-schema.
+STRUCTURED_TOOL = "StructuredOutput"
+STRUCTURED_INPUT = {"answer": 4}
 THINKING_DELTAS = ["Let me think. ", "Done thinking."]
 
 # status, error.type, error.message, extra headers — as api.anthropic.com sends them
@@ -53,6 +56,7 @@ SCENARIOS = (
     "text",
     "thinking",
     "tool_use",
+    "structured",
     "usage_cached",
     "slow",
     "hang",
@@ -114,14 +118,14 @@ def _thinking_block() -> _Block:
     return _Block({"type": "thinking", "thinking": "", "signature": ""}, deltas, final)
 
 
-def _tool_use_block() -> _Block:
+def _tool_use_block(name: str = TOOL_NAME, tool_input: dict[str, Any] = TOOL_INPUT) -> _Block:
     tool_id = "toolu_mock_" + _hex()
-    raw = json.dumps(TOOL_INPUT)
+    raw = json.dumps(tool_input)
     # Uneven slices, like the real API, so clients must buffer partial JSON.
     cuts = list(range(0, len(raw), 13)) + [len(raw)]
     deltas = [{"type": "input_json_delta", "partial_json": raw[a:b]} for a, b in zip(cuts, cuts[1:]) if raw[a:b]]
-    start = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": {}}
-    final = {"type": "tool_use", "id": tool_id, "name": TOOL_NAME, "input": dict(TOOL_INPUT)}
+    start = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+    final = {"type": "tool_use", "id": tool_id, "name": name, "input": dict(tool_input)}
     return _Block(start, deltas, final)
 
 
@@ -305,4 +309,8 @@ class MockAnthropic(LoopbackMock):
             if _last_user_has_tool_result(body):
                 return _Answer(model, [_text_block(f"Tool finished: {text}")], "end_turn")
             return _Answer(model, [_text_block(TOOL_PREAMBLE), _tool_use_block()], "tool_use")
+        if scenario == "structured":
+            if _last_user_has_tool_result(body):
+                return _Answer(model, [_text_block("Done.")], "end_turn")
+            return _Answer(model, [_tool_use_block(STRUCTURED_TOOL, STRUCTURED_INPUT)], "tool_use")
         return None

@@ -13,7 +13,7 @@ from llmrun import ChatRequest, Message
 from llmrun.registry import canonical_name, get_runner, get_runner_class, runner_names
 from llmrun.runners.claude_code import SYSTEM_PROMPT_ARGV_LIMIT, ClaudeCodeRunner, ClaudeParser
 
-from .conftest import FAKE_BIN, FAKE_TOOLS, FIXTURES, FakeRun
+from .conftest import FAKE_BIN, FAKE_TOOLS, FIXTURES, FakeRun, prompt_in
 
 CAPTURES = FIXTURES / "claude"
 
@@ -41,10 +41,10 @@ def argv_of(request: ChatRequest) -> list[str]:
 def test_command_line_defaults() -> None:
     invocation = ClaudeCodeRunner().build_invocation(ChatRequest.of("hello"), "claude")
     argv = invocation.argv
-    assert argv[:6] == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+    assert argv[:5] == ["claude", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
     assert "--model" not in argv  # none asked for: claude's own choice applies
     assert argv[argv.index("--tools") + 1] == ""  # agent tools off unless allowed
-    assert "hello" not in argv and invocation.stdin == b"hello"
+    assert "hello" not in argv and prompt_in(invocation.stdin) == "hello"
     assert "CLAUDECODE" in invocation.env_remove
     assert invocation.env_defaults["CLAUDE_CODE_MAX_RETRIES"] == "2"
 
@@ -102,7 +102,7 @@ async def test_system_prompt_file_is_removed_after_the_run(claude: FakeRun) -> N
 
 def test_history_is_flattened_without_a_session() -> None:
     request = ChatRequest(messages=[Message.user("What is 2+2?"), Message.assistant("4"), Message.user("Times 3?")])
-    prompt = ClaudeCodeRunner().build_invocation(request, "claude").stdin.decode()  # type: ignore[union-attr]
+    prompt = prompt_in(ClaudeCodeRunner().build_invocation(request, "claude").stdin)
     assert prompt.index("What is 2+2?") < prompt.index("4") < prompt.index("Times 3?")
     assert prompt.rstrip().endswith("Times 3?")
 
@@ -113,7 +113,7 @@ def test_resuming_a_session_sends_only_the_new_turn() -> None:
     )
     invocation = ClaudeCodeRunner().build_invocation(request, "claude")
     assert "--resume=abc" in invocation.argv and "abc" not in invocation.argv
-    assert invocation.stdin == b"second"
+    assert prompt_in(invocation.stdin) == "second"
 
 
 async def test_child_environment(claude: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,9 +383,13 @@ def test_images_go_as_image_blocks_of_one_stream_json_message() -> None:
     assert inv.temp_files == []  # the image travels on stdin: no file
 
 
-def test_a_request_without_images_keeps_plain_text_input() -> None:
+def test_a_one_shot_turn_uses_stream_json_input_without_print_mode() -> None:
+    # The invocation claude-agent-sdk uses reaches the model sooner than `-p` with text.
     inv = ClaudeCodeRunner().build_invocation(ChatRequest.of("hi"), "claude")
-    assert "--input-format" not in inv.argv and inv.stdin == b"hi"
+    assert "-p" not in inv.argv and "--print" not in inv.argv
+    assert inv.argv[inv.argv.index("--input-format") + 1] == "stream-json"
+    assert inv.stdin is not None and inv.stdin.count(b"\n") == 1 and inv.stdin.endswith(b"\n")
+    assert json.loads(inv.stdin)["message"] == {"role": "user", "content": [{"type": "text", "text": "hi"}]}
 
 
 def test_a_resumed_session_sends_only_the_new_turns_images() -> None:

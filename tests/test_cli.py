@@ -21,7 +21,7 @@ from llmrun.cli import render
 from llmrun.cli.app import ChatCommand, app
 
 from .cli_support import SESSION, claude_fake, only_installed, private_state
-from .conftest import FakeRun, still_alive
+from .conftest import FakeRun, prompt_in, still_alive
 
 cli = CliRunner()
 
@@ -81,12 +81,12 @@ def test_chat_jsonl_from_stdin(claude: FakeRun) -> None:
     chunks = [json.loads(line) for line in result.stdout.splitlines()]
     assert "".join(c.get("delta", "") for c in chunks) == "Hello from mock"
     assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["output_tokens"] == 7
-    assert claude.invocations()[0]["stdin"] == "long prompt\n"
+    assert prompt_in(claude.invocations()[0]["stdin"]) == "long prompt\n"
 
 
 def test_prompt_argument_and_piped_context(claude: FakeRun) -> None:
     cli.invoke(app, ["chat", "-r", "claude", "Summarise:"], input="the context\n")
-    assert claude.invocations()[0]["stdin"] == "Summarise:\n\nthe context\n"
+    assert prompt_in(claude.invocations()[0]["stdin"]) == "Summarise:\n\nthe context\n"
 
 
 def test_empty_piped_prompt_starts_no_tool(claude: FakeRun) -> None:

@@ -60,13 +60,11 @@ def claude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRun]
 
 
 def sent_message(claude: FakeRun) -> dict[str, Any]:
-    """The stream-json user message the fake read on stdin (it records each line it reads)."""
+    """The one stream-json user message a one-shot run wrote on the fake's stdin."""
     (invocation,) = claude.invocations()
     argv = invocation["argv"]
     assert argv[argv.index("--input-format") + 1] == "stream-json"
-    assert "-p" in argv  # a one-shot run: it ends when its one message is answered
-    (received,) = claude.record.glob("received-*.jsonl")
-    (line,) = received.read_text().splitlines()
+    (line,) = invocation["stdin"].splitlines()
     message = json.loads(line)
     assert message["type"] == "user"
     return message["message"]
@@ -116,12 +114,10 @@ def test_stdin_attachment_needs_the_prompt_as_an_argument(claude: FakeRun) -> No
     assert claude.invocations() == []
 
 
-def test_a_text_without_images_stays_plain_stdin(claude: FakeRun) -> None:
+def test_a_text_without_images_is_one_text_block(claude: FakeRun) -> None:
     result = cli.invoke(app, ["chat", "-r", "claude", "hi"])
     assert result.exit_code == 0, result.output
-    (invocation,) = claude.invocations()
-    assert "--input-format" not in invocation["argv"]
-    assert invocation["stdin"] == "hi"
+    assert sent_message(claude)["content"] == [{"type": "text", "text": "hi"}]
 
 
 class _ImageServer(http.server.BaseHTTPRequestHandler):

@@ -25,7 +25,7 @@ from llmrun.sessions import Session, SessionSettings, TurnItem
 from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport
 
 from .cli_support import THINKING_SESSION, claude_fake, private_state
-from .conftest import FAKE_TOOLS, FakeRun, is_alive, still_alive
+from .conftest import FAKE_TOOLS, FakeRun, is_alive, prompt_in, still_alive
 
 # The session id in the cursor-agent transcript its fake replays.
 CURSOR_SESSION = "6f1c2a9e-3b7d-4e21-9a55-0c8d4b2e7f13"
@@ -255,7 +255,7 @@ def test_spinner_then_dimmed_thinking_then_answer(claude: FakeRun, spawned: list
     child.expect("Hello after thinking")
     child.expect("tokens: ")
     assert ended(child) == 0
-    assert runs(claude)[0]["stdin"] == "hi"
+    assert prompt_in(runs(claude)[0]["stdin"]) == "hi"
 
 
 @pytest.mark.parametrize("how", ["--no-color", "NO_COLOR"])

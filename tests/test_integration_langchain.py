@@ -20,7 +20,7 @@ import llmrun
 from llmrun import ChatChunk, ChatRequest, HealthReport, Runner, Usage
 from llmrun.integrations.langchain import ChatLlmrun
 
-from .conftest import FAKE_TOOLS, FakeRun
+from .conftest import FAKE_TOOLS, FakeRun, prompt_in
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_invoke_answers_with_the_runners_text_and_usage(claude: FakeRun) -> None
     assert message.response_metadata["finish_reason"] == "stop"
     (invocation,) = claude.invocations()
     assert invocation["argv"][invocation["argv"].index("--model") + 1] == "haiku"
-    assert invocation["stdin"] == "Say hello"
+    assert prompt_in(invocation["stdin"]) == "Say hello"
 
 
 def test_stream_yields_the_deltas_and_usage_last(claude: FakeRun) -> None:

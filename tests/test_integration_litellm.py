@@ -20,7 +20,7 @@ from llmrun import ChatChunk, ChatRequest, HealthReport, Runner, Usage  # noqa: 
 from llmrun.integrations import litellm as provider_module  # noqa: E402
 from llmrun.integrations.litellm import PROVIDER, LlmrunProvider, chat_request, register  # noqa: E402
 
-from .conftest import FAKE_TOOLS, ROOT, FakeRun  # noqa: E402
+from .conftest import FAKE_TOOLS, ROOT, FakeRun, prompt_in  # noqa: E402
 
 HI = [{"role": "user", "content": "Say hello"}]
 WEATHER_TOOL = {
@@ -165,7 +165,7 @@ def test_plain_completion(claude: FakeRun) -> None:
     assert response.model == "claude-opus-4-8"
     (invocation,) = claude.invocations()
     argv = invocation["argv"]
-    assert argv[argv.index("--model") + 1] == "sonnet" and invocation["stdin"] == "Say hello"
+    assert argv[argv.index("--model") + 1] == "sonnet" and prompt_in(invocation["stdin"]) == "Say hello"
 
 
 def test_sync_streaming(claude: FakeRun) -> None:

@@ -37,7 +37,7 @@ from llmrun import ChatChunk, ChatRequest, HealthReport, Runner, Usage
 from llmrun.integrations.spoon import LlmrunProvider, register
 from llmrun.types import HealthStatus
 
-from .conftest import FAKE_TOOLS, FakeRun
+from .conftest import FAKE_TOOLS, FakeRun, prompt_in
 
 WEATHER_TOOL = {
     "type": "function",
@@ -106,7 +106,7 @@ async def test_chat_answers_through_the_runner(claude: FakeRun) -> None:
     argv = invocation["argv"]
     assert argv[argv.index("--model") + 1] == "sonnet"
     assert argv[argv.index("--system-prompt") + 1] == "Be brief."
-    assert invocation["stdin"] == "Say hello"
+    assert prompt_in(invocation["stdin"]) == "Say hello"
 
 
 async def test_completion_sends_the_prompt_as_the_user_turn(claude: FakeRun) -> None:
@@ -115,7 +115,7 @@ async def test_completion_sends_the_prompt_as_the_user_turn(claude: FakeRun) -> 
     assert response.content == "Hello from mock"
     (invocation,) = claude.invocations()
     # No model named: the tool's own default applies, so none is put on its command line.
-    assert invocation["stdin"] == "Complete this" and "--model" not in invocation["argv"]
+    assert prompt_in(invocation["stdin"]) == "Complete this" and "--model" not in invocation["argv"]
 
 
 async def test_keyword_arguments_and_defaults_become_the_request() -> None:

@@ -27,7 +27,7 @@ from mcp_types import CallToolResult
 
 from llmrun.types import ChatRequest
 
-from .conftest import ROOT, FakeRun, still_alive
+from .conftest import ROOT, FakeRun, prompt_in, still_alive
 from .server_support import SESSION, LiveServer, ScriptedRunner, claude_fake, settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -110,14 +110,14 @@ async def test_stdio_prompt_answers_then_continues_the_tool_session(claude: Fake
     assert (answer["usage"]["input_tokens"], answer["usage"]["output_tokens"]) == (12, 7)
     assert progress and "Claude Code" in (progress[0][1] or "")
     one, two = runs(claude)
-    assert one["stdin"].rstrip().endswith("What is 2+2?")
+    assert prompt_in(one["stdin"]).rstrip().endswith("What is 2+2?")
     argv = one["argv"]
     assert argv[argv.index("--tools") + 1] == ""  # the asked tool's agent tools stay off
     assert argv[argv.index("--system-prompt") + 1] == "Be terse"
     assert one["cwd"] == workdir
     assert not any(arg.startswith("--resume") for arg in argv)
     assert f"--resume={SESSION}" in two["argv"]
-    assert two["stdin"].rstrip().endswith("And 3+3?")
+    assert prompt_in(two["stdin"]).rstrip().endswith("And 3+3?")
     assert second["session"] == SESSION
 
 

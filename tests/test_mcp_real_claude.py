@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FAKE_BIN, ROOT
+from .conftest import FAKE_BIN, ROOT, prompt_in
 
 # Importable whatever pytest's import mode is, like tests/test_mockapi.py does it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -126,7 +126,7 @@ def test_claude_code_asks_llmrun_prompt_over_stdio(api: AsksLlmrun, tmp_path: Pa
     # llmrun's prompt tool ran: the backend got the question...
     runs = [json.loads(p.read_text()) for p in sorted(record.glob("invocation-*.json"))]
     asked = [run for run in runs if "--output-format" in run["argv"]]
-    assert len(asked) == 1 and asked[0]["stdin"].rstrip().endswith(QUESTION)
+    assert len(asked) == 1 and prompt_in(asked[0]["stdin"]).rstrip().endswith(QUESTION)
     assert asked[0]["argv"][asked[0]["argv"].index("--tools") + 1] == ""  # its agent tools off
     # ...and its answer is what claude sent back to the model as the tool's result.
     (returned,) = tool_results(last)

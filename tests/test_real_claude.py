@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mockapi import (
     DEFAULT_TEXT,
     SLOW_WORDS,
+    STRUCTURED_INPUT,
+    STRUCTURED_TOOL,
     THINKING_DELTAS,
     TOOL_INPUT,
     TOOL_NAME,
@@ -286,6 +288,44 @@ async def test_history_without_a_session_is_flattened_into_one_prompt(
     prompt = last_user_texts(body)[-1]
     assert "first" in prompt and "an earlier answer" in prompt
     assert prompt.rstrip().endswith("second question")
+
+
+async def test_options_take_effect_without_print_mode(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
+) -> None:
+    # One-shot turns run claude with stream-json input and no -p; every option still holds.
+    options = {
+        "permission_mode": "plan",
+        "max_turns": 1,
+        "effort": "low",
+        "fallback_model": "haiku",
+        "max_budget_usd": 5,
+    }
+    response = await runner.complete(request("hi", workdir, model="sonnet", options=options))
+
+    assert response.content == DEFAULT_TEXT
+    body = last_request(api)
+    assert body["model"].startswith("claude-sonnet-"), body["model"]
+    assert "hi" in last_user_texts(body)
+
+
+async def test_max_turns_holds_without_print_mode(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:
+    api.scenario = "tool_use"  # the model asks for a tool on every turn it gets
+    with pytest.raises(llmrun.RunnerError, match="maximum number of turns"):
+        await runner.complete(request("run it", workdir, allow_tools=True, options={"max_turns": 1}))
+    assert len(api.message_requests) == 1
+
+
+async def test_json_schema_answers_through_claudes_structured_output_tool(
+    runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
+) -> None:
+    api.scenario = "structured"
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    response = await runner.complete(request("What is 2+2?", workdir, json_schema=schema))
+
+    assert json.loads(response.content) == STRUCTURED_INPUT
+    offered = [tool.get("name") for tool in api.message_requests[0]["json"].get("tools") or []]
+    assert STRUCTURED_TOOL in offered
 
 
 async def test_empty_prompt_fails_cleanly(runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str) -> None:

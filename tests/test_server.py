@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import FakeRun
+from .conftest import FakeRun, prompt_in
 from .server_support import LiveServer, ScriptedRunner, claude_fake, settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -144,7 +144,7 @@ def test_history_without_a_conversation_id_is_sent_as_history(oai: openai.OpenAI
 
     run = claude.invocations()[-1]
     assert "--resume" not in run["argv"]
-    assert "first answer" in run["stdin"] and run["stdin"].rstrip().endswith("second question")
+    assert "first answer" in prompt_in(run["stdin"]) and prompt_in(run["stdin"]).rstrip().endswith("second question")
 
 
 # --- Anthropic ----------------------------------------------------------------------------

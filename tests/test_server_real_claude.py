@@ -19,7 +19,7 @@ import pytest
 from llmrun.errors import AuthenticationError
 from llmrun.types import ChatRequest
 
-from .conftest import FakeRun
+from .conftest import FakeRun, prompt_in
 from .realcli import claude_env, require_binary
 from .server_support import LiveServer, ScriptedRunner, claude_fake, settings
 
@@ -63,7 +63,7 @@ def test_claude_code_completes_a_plain_turn_through_the_daemon(fake: FakeRun, tm
     assert done.stdout.strip() == "Hello from mock"
     (run,) = [inv for inv in fake.invocations() if "--output-format" in inv["argv"]]
     assert run["argv"][run["argv"].index("--model") + 1] == "haiku"
-    assert run["stdin"].rstrip().endswith("Say hi")
+    assert prompt_in(run["stdin"]).rstrip().endswith("Say hi")
 
 
 def test_claude_code_runs_a_tool_the_backend_asks_for(tmp_path: Path) -> None:

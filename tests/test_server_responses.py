@@ -22,6 +22,7 @@ from pydantic import TypeAdapter
 from llmrun.errors import RateLimitError
 from llmrun.types import ChatChunk, ChatRequest, ImagePart, Usage
 
+from .conftest import prompt_in
 from .server_support import SESSION, LiveServer, ScriptedRunner, claude_fake, settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -445,4 +446,4 @@ def test_claude_fake_answers_and_resumes_its_session(monkeypatch: pytest.MonkeyP
     assert events[-1].type == "response.completed" and events[-1].response.output_text == "Hello after thinking"
     runs = [inv for inv in claude.invocations() if "--output-format" in inv["argv"]]
     assert f"--resume={SESSION}" in runs[-1]["argv"]  # the first turn's tool session goes on
-    assert runs[-1]["stdin"] == "two"  # only the new turn was sent
+    assert prompt_in(runs[-1]["stdin"]) == "two"  # only the new turn was sent

@@ -20,7 +20,7 @@ from llmrun.errors import SessionNotFound
 from llmrun.server.conversations import for_request, scope_of
 from llmrun.types import ChatRequest
 
-from .conftest import FakeRun
+from .conftest import FakeRun, prompt_in
 from .server_support import SESSION, THINKING_SESSION, LiveServer, ScriptedRunner, claude_fake, settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -82,7 +82,7 @@ def test_second_turn_resumes_the_session_after_a_restart(claude: FakeRun, tmp_pa
         ask(live, [user("first question"), assistant(TEXT), user("second question")])
     second = last_run(claude)
     assert resumed(second) == SESSION
-    assert second["stdin"] == "second question"  # only the new turn; the session holds the rest
+    assert prompt_in(second["stdin"]) == "second question"  # only the new turn; the session holds the rest
 
 
 def test_end_user_ids_neither_join_nor_expose_conversations(claude: FakeRun, tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_the_whole_history_continues_its_conversation_without_an_id(claude: Fake
 
         ask(live, [user("one"), assistant(TEXT), user("two")], conversation=None)
         run = last_run(claude)
-        assert resumed(run) == SESSION and run["stdin"] == "two"
+        assert resumed(run) == SESSION and prompt_in(run["stdin"]) == "two"
         # Anthropic's `system` is part of the history: the same messages under another one are
         # another conversation.
         follow_up = [user("one"), assistant(TEXT), user("two")]
@@ -198,7 +198,7 @@ def test_a_client_sending_only_new_turns_resumes_too(claude: FakeRun, tmp_path: 
         ask(live, [user("one")])
         ask(live, [user("two")])
     run = last_run(claude)
-    assert resumed(run) == SESSION and run["stdin"] == "two"
+    assert resumed(run) == SESSION and prompt_in(run["stdin"]) == "two"
 
 
 def test_a_conversation_keeps_one_row_as_it_moves_on(claude: FakeRun, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from llmrun.prompting import flatten_conversation, new_turns
 from llmrun.runners.claude_code import ClaudeCodeRunner
 from llmrun.tool_emulation import parse_answer, plan_tools, validate_json
 
-from .conftest import FAKE_TOOLS, FakeRun
+from .conftest import FAKE_TOOLS, FakeRun, prompt_in
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -301,8 +301,8 @@ async def test_resumed_session_gets_only_the_named_results() -> None:
     runner = Scripted("It is 18°C.")
     await chat_with_tools(runner, ChatRequest(messages=history(), tools=TOOLS, session_id="s"))
     (sent,) = runner.requests
-    stdin = ClaudeCodeRunner().build_invocation(sent, "claude").stdin
-    assert stdin == b'<tool_result id="call_1" name="get_weather">\n18\xc2\xb0C, clear\n</tool_result>'
+    stdin = ClaudeCodeRunner().build_invocation(sent, "claude").stdin or b""
+    assert prompt_in(stdin) == '<tool_result id="call_1" name="get_weather">\n18°C, clear\n</tool_result>'
 
 
 # --- streaming ----------------------------------------------------------------------------
@@ -444,7 +444,7 @@ async def test_end_to_end_through_the_claude_fake(monkeypatch: pytest.MonkeyPatc
     system = argv[argv.index("--system-prompt") + 1]
     assert system.startswith("Be brief.\n\n# Tools") and '"name": "get_weather"' in system
     assert argv[argv.index("--tools") + 1] == ""  # the tool's own agent tools stay off
-    assert invocation["stdin"] == "What is the weather in Paris?"
+    assert prompt_in(invocation["stdin"]) == "What is the weather in Paris?"
 
 
 async def test_a_schema_with_tools_asks_for_json_in_a_text_answer_without_enforcing_it_on_calls() -> None:

@@ -1,11 +1,13 @@
-"""Claude Code (`claude`), in print mode with stream-json output.
+"""Claude Code (`claude`), non-interactive, with stream-json input and output.
 
-The prompt goes over stdin (never argv: visible in `ps`, limited to 128 KiB), text streams
-token by token (`--include-partial-messages`), and the built-in agent tools are off
-(`--tools ""`) unless the request allows them. A session named in the request is resumed
-with `--resume=<id>` (one argument, so no id is read as a flag); otherwise history is
-flattened into the prompt. A request with images sends its prompt as one stream-json user
-message instead (`--input-format stream-json`), the images as base64 image blocks.
+The prompt goes over stdin as one stream-json user message (never argv: visible in `ps`,
+limited to 128 KiB), with any images as base64 image blocks; stdin then closes and claude
+exits after its answer. This is how claude-agent-sdk runs it: without `-p` it reaches the
+model about 50 ms sooner than `-p` with the prompt as text, and answers the same
+(bench/command_overhead.py --real). Text streams token by token
+(`--include-partial-messages`), and the built-in agent tools are off (`--tools ""`) unless
+the request allows them. A session named in the request is resumed with `--resume=<id>`
+(one argument, so no id is read as a flag); otherwise history is flattened into the prompt.
 
 A model is named (`--model`) only when the request or llmrun's settings name one; otherwise
 claude's own choice applies (ANTHROPIC_MODEL, the `model` of its settings, else its
@@ -32,7 +34,7 @@ from ..errors import ProcessFailed, RunnerError, SessionNotFound
 from ..prompting import new_turns, prompt_for
 from ..types import Capabilities, ChatChunk, ChatRequest
 from .base import CliRunner, Parser
-from .stream_json import StreamJsonParser
+from .stream_json import StreamJsonParser, user_line
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -138,7 +140,8 @@ class ClaudeCodeRunner(CliRunner):
 
     def build_invocation(self, request: ChatRequest, binary: str) -> process.Invocation:
         session = self.session_to_resume(request)  # checked before any file is written
-        argv = [binary, "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+        argv = [binary, "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+        argv += ["--input-format", "stream-json"]
         if model := self.model_for(request):
             argv += ["--model", model]
         if not request.allow_tools:
@@ -159,14 +162,9 @@ class ClaudeCodeRunner(CliRunner):
         for key, flag in OPTION_FLAGS.items():
             if key in request.options:
                 argv += [flag, str(request.options[key])]
-        stdin = prompt.encode()
         turns = new_turns(request.messages) if session else request.conversation()
-        if images := [image for message in turns for image in message.images]:
-            # Images go only as image blocks of a stream-json user message; text alone stays plain.
-            from ..transports.stream_json_input import user_line
-
-            argv += ["--input-format", "stream-json"]
-            stdin = user_line(prompt, images, None, runner=self.name)
+        images = [image for message in turns for image in message.images]
+        stdin = user_line(prompt, images, None, runner=self.name)
         argv += [str(arg) for arg in request.options.get("extra_args", [])]
         return process.Invocation(
             argv=argv,
@@ -197,13 +195,10 @@ class ClaudeCodeRunner(CliRunner):
         return ClaudeParser(structured=request.json_schema is not None)
 
     def warm_connection(self, settings: SessionSettings, resume: str | None) -> WarmConnection:
-        from ..transports.base import warm_argv
         from ..transports.stream_json_input import StreamJsonInput
 
+        # The one-shot command line is already the streaming one; the session keeps stdin open.
         invocation = self.prepared_invocation(settings.request([], session_id=resume))
-        # Streaming input needs no -p (print mode), and without it each turn starts about 5 ms
-        # sooner (as with claude-agent-sdk, which runs claude this way).
-        invocation.argv = warm_argv(invocation.argv, ["--input-format", "stream-json"], drop=("-p",))
         return StreamJsonInput(self, invocation, settings, resume, new_parser=ClaudeParser)
 
     def error_for_exit(self, returncode: int, stderr: str) -> RunnerError:

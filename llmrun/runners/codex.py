@@ -69,7 +69,7 @@ import re
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import images, private, process
 from ..errors import (
@@ -85,7 +85,7 @@ from ..errors import (
 )
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, ImagePart, Usage
-from .base import CliRunner, Parser, as_count, as_text, delta_chunk, json_object
+from .base import CliRunner, Parser, as_count, as_text, delta_chunk, json_object, json_text, line_shape
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -181,12 +181,18 @@ def usage_from(counts: dict[str, int]) -> Usage:
     )
 
 
+CODEX_MESSAGE = line_shape('{"type":"item.completed","item":{"id":"<id>","type":"agent_message","text":"<text>"}}')
+
+
 class CodexParser(Parser):
     """Parses one run of `codex exec --json`.
 
     `baseline` is the thread's usage before this run when it resumes a session (codex
     reports running totals); `max_retries` bounds the retries llmrun waits through.
     """
+
+    fast_line: ClassVar[re.Pattern[str] | None] = CODEX_MESSAGE
+    """A line that is certainly a whole message of the answer, its text in group 1."""
 
     def __init__(
         self,
@@ -209,6 +215,8 @@ class CodexParser(Parser):
         self._last_error: str | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
+        if self.fast_line is not None and (match := self.fast_line.fullmatch(line)) and (text := json_text(match[1])):
+            return [self._text(text)]
         event = json_object(line)
         if event is None:
             return []  # noise on stdout, skipped

@@ -143,20 +143,21 @@ class QwenParser(StreamJsonParser):
         self._unnamed = 0
         self._last_output: int | None = None
 
-    def feed(self, line: str) -> list[ChatChunk]:
-        if line.startswith("["):
-            try:
-                events = json.loads(line)
-            except (ValueError, RecursionError):
-                return []
-            if not isinstance(events, list):
-                return []
-            chunks: list[ChatChunk] = []
-            for event in events:
-                if isinstance(event, dict):
-                    chunks += super().feed(json.dumps(event))
-            return chunks
-        return super().feed(line)
+    def _not_an_object(self, line: str) -> list[ChatChunk]:
+        # `-o json`: every event of the run in one array.
+        if not line.startswith("["):
+            return []
+        try:
+            events = json.loads(line)
+        except (ValueError, RecursionError):
+            return []
+        if not isinstance(events, list):
+            return []
+        chunks: list[ChatChunk] = []
+        for event in events:
+            if isinstance(event, dict):
+                chunks += self.feed(json.dumps(event))
+        return chunks
 
     def _stream_text(self, text: str) -> list[ChatChunk]:
         if text.startswith(API_ERROR_PREFIX):  # a sub-agent's failure never comes here: not the answer's

@@ -9,6 +9,7 @@ is used only when no delta for it came, so nothing is emitted twice.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from ..errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
-from ..types import AgentEvent, ChatChunk, FinishReason, Usage
+from ..types import AgentEvent, ChatChunk, FinishReason, ImagePart, Usage
 from .base import (
     Parser,
     as_count,
@@ -77,7 +78,7 @@ class StreamJsonParser(Parser):
             return self._stream_text(text)
         event = json_object(line)
         if event is None:
-            return []  # noise on stdout, skipped
+            return self._not_an_object(line)
         kind = event.get("type")
         if kind == "stream_event":
             return self._stream_event(event)
@@ -90,6 +91,9 @@ class StreamJsonParser(Parser):
         if kind == "result":
             return self._result(event)
         return []  # unknown event types are expected as tools evolve
+
+    def _not_an_object(self, line: str) -> list[ChatChunk]:
+        return []  # noise on stdout, skipped
 
     # --- events --------------------------------------------------------------------------
 
@@ -260,3 +264,23 @@ class StreamJsonParser(Parser):
         if status == 404 or _MODEL.search(text):
             return ModelNotFound(text)
         return RunnerError(text)
+
+
+def user_line(text: str, images: list[ImagePart], session_id: str | None, *, runner: str) -> bytes:
+    """One `user` message of stream-json input (`--input-format stream-json`): the images as
+    base64 image blocks (as the Messages API takes them), then the text."""
+    content: list[dict[str, Any]] = []
+    if images:
+        from ..images import image_data
+
+        for image in images:
+            media_type, data = image_data(image, runner)
+            content.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+    content.append({"type": "text", "text": text})
+    message = {
+        "type": "user",
+        "message": {"role": "user", "content": content},
+        "parent_tool_use_id": None,
+        "session_id": session_id or "default",
+    }
+    return (json.dumps(message, ensure_ascii=False) + "\n").encode()

@@ -1,4 +1,4 @@
-"""Claude Code's streaming input: one `claude -p --input-format stream-json` process per session.
+"""Claude Code's streaming input: one `claude --input-format stream-json` process per session.
 
 The session opens with an `initialize` control request, which the tool answers once it is
 ready. Each turn is a `user` message written as one JSON line on stdin; the tool answers with the
@@ -20,11 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UnsupportedFeature
-from ..images import image_data
 from ..prompting import flatten_conversation
 from ..runners.base import as_dict, json_object
-from ..runners.stream_json import StreamJsonParser
-from ..types import ChatRequest, ImagePart
+from ..runners.stream_json import StreamJsonParser, user_line
+from ..types import ChatRequest
 from .base import WarmConnection
 
 
@@ -107,23 +106,6 @@ class StreamJsonInput(WarmConnection):
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(self.exit_error())
             self._ready.exception()  # seen here: a start already given up on must not log it
-
-
-def user_line(text: str, images: list[ImagePart], session_id: str | None, *, runner: str) -> bytes:
-    """One `user` message of stream-json input: the images as base64 image blocks (as the
-    Messages API takes them), then the text."""
-    content: list[dict[str, Any]] = []
-    for image in images:
-        media_type, data = image_data(image, runner)
-        content.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
-    content.append({"type": "text", "text": text})
-    message = {
-        "type": "user",
-        "message": {"role": "user", "content": content},
-        "parent_tool_use_id": None,
-        "session_id": session_id or "default",
-    }
-    return _line(message)
 
 
 def _line(message: dict[str, Any]) -> bytes:
