@@ -75,8 +75,8 @@ def both_ways(tool: str, lines: list[str], full_path: Any, stderr: str = "", ret
     return fast
 
 
-def test_the_runners_that_stream_text_have_a_fast_path() -> None:
-    expected = {"StreamJsonParser", "QwenParser", "GeminiParser", "CopilotParser", "CodexParser"}
+def test_the_runners_that_print_answer_text_have_a_fast_path() -> None:
+    expected = {"StreamJsonParser", "QwenParser", "GeminiParser", "CopilotParser", "CodexParser", "OpencodeParser"}
     assert {cls.__name__ for cls in FAST} == expected
 
 
@@ -99,7 +99,7 @@ def delta_lines() -> list[tuple[str, str]]:
 
 def test_the_captured_text_deltas_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     found = delta_lines()
-    assert {tool for tool, _ in found} >= {"claude", "qwen", "gemini", "copilot", "codex"}
+    assert {tool for tool, _ in found} >= {"claude", "qwen", "gemini", "copilot", "codex", "opencode"}
     decoded: list[str] = []
     for module in list(sys.modules.values()):
         if getattr(module, "json_object", None) is base.json_object:

@@ -74,7 +74,18 @@ from ..images import private_image_directory
 from ..process import strip_ansi
 from ..prompting import new_turns, prompt_for
 from ..types import AgentEvent, Capabilities, ChatChunk, ChatRequest, FinishReason, Usage
-from .base import CliRunner, Parser, WholeMessageParser, _last_line, as_count, as_dict, as_number, json_object
+from .base import (
+    CliRunner,
+    Parser,
+    WholeMessageParser,
+    _last_line,
+    as_count,
+    as_dict,
+    as_number,
+    json_object,
+    json_text,
+    line_shape,
+)
 
 if TYPE_CHECKING:
     from ..sessions import SessionSettings
@@ -162,8 +173,18 @@ def last_stream_error(stderr: str) -> tuple[str, str, str] | None:
 # --- the event stream --------------------------------------------------------------------
 
 
+OPENCODE_TEXT = line_shape(
+    '{"type":"text","timestamp":<int>,"sessionID":"<key>","part":{"id":"<id>","messageID":"<id>",'
+    '"sessionID":"<id>","type":"text","text":"<text>","time":{"start":<int>,"end":<int>}}}'
+)
+
+
 class OpencodeParser(WholeMessageParser):
     """Parses one run of `opencode run --format json` (step_start, text, reasoning, tool_use, step_finish, error)."""
+
+    fast_line: ClassVar[re.Pattern[str] | None] = OPENCODE_TEXT
+    """A line that is certainly a whole text part of the answer: the session id in group 1, the
+    text in group 2."""
 
     def __init__(self, *, model: str | None = None) -> None:
         super().__init__()
@@ -173,6 +194,9 @@ class OpencodeParser(WholeMessageParser):
         self._cost: float | None = None
 
     def feed(self, line: str) -> list[ChatChunk]:
+        if self.fast_line is not None and (match := self.fast_line.fullmatch(line)) and (text := json_text(match[2])):
+            self.session_id = match[1]
+            return self._text(text)
         event = json_object(line)
         if event is None:
             return []  # noise on stdout, skipped
