@@ -12,7 +12,10 @@ HTTP client (see server_load.py), in rotating order so that drift on the machine
 - llmrun, served: the same runner inside `llmrun serve` on 127.0.0.1, read as SSE;
 - upstream, directly: a fake OpenAI-compatible API (tests/mock_openai_chat.py's MockOpenAIChat,
   in a process of its own) streaming the same 20 chunks;
-- LiteLLM, served: LiteLLM's proxy on 127.0.0.1 relaying that fake upstream.
+- LiteLLM, served: LiteLLM's proxy on 127.0.0.1 relaying that fake upstream;
+- floors, the same runner served with nothing of llmrun's server: a bare asyncio HTTP server,
+  a bare ASGI app under uvicorn, and a FastAPI app of one route (the stack `llmrun serve` is
+  built on).
 
 Each at concurrency 1 (one stream at a time) and at once (200 streams started together).
 Overhead = served - directly, per percentile, for the whole answer and for the first chunk.
@@ -45,6 +48,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from fastapi import FastAPI, Request  # noqa: E402  (the floor's route resolves its annotations here)
+from fastapi.responses import StreamingResponse  # noqa: E402
 from server_load import CHUNKS, GAP, Daemon, PacedRunner, free_port  # noqa: E402
 
 from llmrun.types import ChatRequest  # noqa: E402
@@ -105,8 +110,25 @@ async def _paced_events() -> AsyncIterator[bytes]:
 
 
 def serve_floor(kind: str, port: int) -> None:
-    """`--serve-floor asyncio|uvicorn PORT`: a bare asyncio HTTP server, or a bare ASGI app
-    under uvicorn (asyncio loop, h11 or httptools as installed), streaming the paced runner."""
+    """`--serve-floor asyncio|uvicorn|fastapi PORT`: a bare asyncio HTTP server, a bare ASGI
+    app under uvicorn (asyncio loop, h11 or httptools as installed), or a FastAPI app of one
+    route that reads the JSON body and returns a StreamingResponse, streaming the paced runner."""
+    if kind == "fastapi":
+        import uvicorn
+
+        api = FastAPI()
+
+        @api.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @api.post("/{path:path}")
+        async def chat(request: Request) -> StreamingResponse:
+            await request.json()
+            return StreamingResponse(_paced_events(), media_type="text/event-stream")
+
+        uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", lifespan="off")
+        return
     if kind == "uvicorn":
         import uvicorn
 
@@ -330,7 +352,7 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--no-floors", action="store_true", help="leave out the bare asyncio and uvicorn servers")
+    parser.add_argument("--no-floors", action="store_true", help="leave out the bare servers (the floors)")
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream()
@@ -364,7 +386,7 @@ def main() -> int:
                 other = Daemon(argv, port, dict(os.environ))
                 started.append(other)
                 ways["llmrun: through the other checkout"] = http_stream(other.url, "paced")
-            for kind in [] if args.no_floors else ["asyncio", "uvicorn"]:
+            for kind in [] if args.no_floors else ["asyncio", "uvicorn", "fastapi"]:
                 port = free_port()
                 floor = Daemon([sys.executable, __file__, "--serve-floor", kind, str(port)], port, dict(os.environ))
                 started.append(floor)
@@ -400,6 +422,7 @@ def main() -> int:
         ("llmrun", "llmrun: runner in-process", "llmrun: through llmrun serve"),
         ("asyncio floor", "llmrun: runner in-process", "floor: bare asyncio server"),
         ("uvicorn floor", "llmrun: runner in-process", "floor: bare uvicorn server"),
+        ("FastAPI floor", "llmrun: runner in-process", "floor: bare fastapi server"),
         ("other checkout", "llmrun: runner in-process", "llmrun: through the other checkout"),
         (
             "with path",
