@@ -290,10 +290,10 @@ async def test_history_without_a_session_is_flattened_into_one_prompt(
     assert prompt.rstrip().endswith("second question")
 
 
-async def test_options_take_effect_without_print_mode(
+async def test_every_option_is_accepted_without_print_mode(
     runner: ClaudeCodeRunner, api: MockAnthropic, workdir: str
 ) -> None:
-    # One-shot turns run claude with stream-json input and no -p; every option still holds.
+    # One-shot turns run claude with stream-json input and no -p: claude still takes every option.
     options = {
         "permission_mode": "plan",
         "max_turns": 1,
