@@ -42,8 +42,8 @@ lint:
 	$(PYTHON) -m mypy
 
 # The hot paths, each side by side with its baseline (bench/README.md); make bench BENCH=--quick
-# for a smoke run. parsers.py makes a venv of its own for claude-agent-sdk (bench/requirements.txt),
-# daemon_overhead.py uses LiteLLM's proxy from scripts/install-python-tools when it is there.
+# for a smoke run. What llmrun is compared with goes into venvs of the bench's own, made on first
+# use: claude-agent-sdk (bench/requirements.txt), LiteLLM's proxy (bench/requirements-litellm.txt).
 BENCH :=
 bench:
 	PATH="$(SCRIPTS):$$PATH" $(PYTHON) bench/command_overhead.py $(BENCH)

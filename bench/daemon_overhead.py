@@ -19,8 +19,9 @@ HTTP client (see server_load.py), in rotating order so that drift on the machine
 
 Each at concurrency 1 (one stream at a time) and at once (200 streams started together).
 Overhead = served - directly, per percentile, for the whole answer and for the first chunk.
-LiteLLM's proxy (litellm[proxy]) comes from $LLMRUN_LITELLM_BIN, the virtualenv of
-scripts/install-python-tools or `litellm` on PATH; without it, its rows are left out. Nothing asserts on times.
+LiteLLM's proxy (litellm[proxy]) comes from $LLMRUN_LITELLM_BIN, else from a venv of the bench's
+own (/tmp/llmrun-bench-litellm, made on first use from bench/requirements-litellm.txt); when
+neither can be had, its rows are left out with the reason. Nothing asserts on times.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +51,7 @@ sys.path.insert(0, str(HERE))
 from fastapi import FastAPI, Request  # noqa: E402  (the floor's route resolves its annotations here)
 from fastapi.responses import StreamingResponse  # noqa: E402
 from server_load import CHUNKS, GAP, Daemon, PacedRunner, free_port  # noqa: E402
+from venvs import private_venv  # noqa: E402
 
 from llmrun.types import ChatRequest  # noqa: E402
 
@@ -58,7 +59,7 @@ Timing = tuple[float, float]  # (first content chunk, whole answer) in seconds
 # Content that is not empty, in any JSON spacing (OpenAI's role chunk has "content": "").
 NON_EMPTY_CONTENT = re.compile(rb'"content": ?"[^"]')
 MASTER_KEY = "sk-litellm-master"
-TOOLS_HOME = Path(os.environ.get("LLMRUN_TOOLS_HOME") or Path.home() / ".local/share/llmrun-tools")
+LITELLM_VENV = Path(tempfile.gettempdir()) / "llmrun-bench-litellm"
 # LiteLLM fetches price lists and other data from the network unless told to use its own copies.
 OFFLINE = {
     name: "True"
@@ -182,12 +183,15 @@ class Process:
             self.proc.wait()
 
 
-def litellm_binary() -> str | None:
-    return (
-        os.environ.get("LLMRUN_LITELLM_BIN")
-        or next((str(p) for p in [TOOLS_HOME / "litellm/bin/litellm"] if p.is_file()), None)
-        or shutil.which("litellm")
-    )
+def litellm_binary() -> tuple[str | None, str]:
+    """LiteLLM's proxy: $LLMRUN_LITELLM_BIN, else the bench's own venv (made on first use from
+    bench/requirements-litellm.txt); (None, why not) when neither can be had."""
+    if binary := os.environ.get("LLMRUN_LITELLM_BIN"):
+        return binary, ""
+    python, found = private_venv(LITELLM_VENV, HERE / "requirements-litellm.txt", "import litellm.proxy.proxy_server")
+    if python is None:
+        return None, found
+    return str(Path(python).parent / "litellm"), ""
 
 
 def start_litellm(binary: str, upstream: str, tmp: Path) -> tuple[Process, str]:
@@ -365,7 +369,7 @@ def main() -> int:
     bursts = args.bursts or (1 if args.quick else 3)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
-    binary = None if args.no_litellm else litellm_binary()
+    binary, no_litellm = (None, "--no-litellm") if args.no_litellm else litellm_binary()
 
     load_before = os.getloadavg()
     started: list[Daemon | Process] = []
@@ -441,7 +445,7 @@ def main() -> int:
         version = subprocess.run(probe, capture_output=True, text=True).stdout.strip()
     out = [
         f"daemon overhead: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}" + (f", LiteLLM {version}" if version else ", no LiteLLM"),
+        f"{time.strftime('%Y-%m-%d %H:%M')}" + (f", LiteLLM {version}" if version else f", no LiteLLM ({no_litellm})"),
         f"  load average before: {' '.join(f'{x:.2f}' for x in load_before)};"
         f" after: {' '.join(f'{x:.2f}' for x in load_after)}",
         f"  {CHUNKS} content chunks {GAP * 1000:.0f} ms apart; ms from request sent to [DONE] (total) and to the"

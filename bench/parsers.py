@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from venvs import private_venv
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FIXTURES = ROOT / "fixtures"
@@ -120,27 +122,7 @@ def worker(paths: list[str]) -> None:
 def sdk_python(venv: Path) -> tuple[str | None, str]:
     """The bench venv's interpreter once claude-agent-sdk imports there, made on first use;
     (None, why not) when it cannot be."""
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import claude_agent_sdk; print(claude_agent_sdk.__version__)"]
-    if python.exists():
-        done = subprocess.run(probe, capture_output=True, text=True)
-        if done.returncode == 0:
-            return str(python), done.stdout.strip()
-    try:
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        done = subprocess.run(probe, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        return None, f"claude-agent-sdk not installed in {venv}: {detail.strip().splitlines()[-1]}"
-    return str(python), done.stdout.strip()
+    return private_venv(venv, REQUIREMENTS, "import claude_agent_sdk; print(claude_agent_sdk.__version__)")
 
 
 # --- llmrun's side -----------------------------------------------------------------------
