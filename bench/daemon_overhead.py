@@ -47,10 +47,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from fastapi import FastAPI, Request  # noqa: E402  (the floor's route resolves its annotations here)
 from fastapi.responses import StreamingResponse  # noqa: E402
-from server_load import CHUNKS, GAP, Daemon, PacedRunner, free_port  # noqa: E402
+from realcli import litellm_env  # noqa: E402
+from server_load import CHUNKS, GAP, Daemon, PacedRunner, free_port, timed_stream  # noqa: E402
 from venvs import private_venv  # noqa: E402
 
 from llmrun.types import ChatRequest  # noqa: E402
@@ -60,17 +62,6 @@ Timing = tuple[float, float]  # (first content chunk, whole answer) in seconds
 NON_EMPTY_CONTENT = re.compile(rb'"content": ?"[^"]')
 MASTER_KEY = "sk-litellm-master"
 LITELLM_VENV = Path(tempfile.gettempdir()) / "llmrun-bench-litellm"
-# LiteLLM fetches price lists and other data from the network unless told to use its own copies.
-OFFLINE = {
-    name: "True"
-    for name in (
-        "LITELLM_LOCAL_MODEL_COST_MAP",
-        "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",
-        "LITELLM_LOCAL_AUTOROUTER_PRESETS",
-        "LITELLM_LOCAL_BLOG_POSTS",
-        "LITELLM_LOCAL_POLICY_TEMPLATES",
-    )
-}
 
 
 # --- the fake upstream ----------------------------------------------------------------------
@@ -78,7 +69,6 @@ OFFLINE = {
 
 def serve_upstream() -> None:
     """Runs in a process of its own (`--serve-upstream`): prints its port, serves until killed."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from mock_openai_chat import MockOpenAIChat, _Answer
     from mockserver import MockServer
 
@@ -209,7 +199,7 @@ def start_litellm(binary: str, upstream: str, tmp: Path) -> tuple[Process, str]:
     home = tmp / "home"
     home.mkdir()
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8", **OFFLINE}
+    env = litellm_env(home, os.environ.get("PATH", "/usr/bin:/bin"))
     argv = [binary, "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
     proxy = Process(argv, env, tmp / "litellm.log")
     url = f"http://127.0.0.1:{port}"
@@ -267,16 +257,7 @@ def http_stream(url: str, model: str) -> Callable[[], Awaitable[Timing]]:
 def in_process() -> Callable[[], Awaitable[Timing]]:
     runner = PacedRunner()
     request = ChatRequest.of("hi")
-
-    async def one() -> Timing:
-        started = time.perf_counter()
-        first = None
-        async for chunk in runner.stream(request):
-            if first is None and chunk.delta:
-                first = time.perf_counter() - started
-        return (first or 0.0, time.perf_counter() - started)
-
-    return one
+    return lambda: timed_stream(runner, request)
 
 
 # --- measuring ------------------------------------------------------------------------------

@@ -192,21 +192,23 @@ async def through_server(url: str, model: str, streams: int) -> Burst:
     return timings, streams - len(timings), wall
 
 
+async def timed_stream(runner: Runner, request: ChatRequest) -> Timing:
+    """One answer of the runner in this process: time to its first text and to its end."""
+    started = time.perf_counter()
+    first = None
+    async for chunk in runner.stream(request):
+        if first is None and chunk.delta:
+            first = time.perf_counter() - started
+    return (first or 0.0, time.perf_counter() - started)
+
+
 async def directly(make: Callable[[], Runner], streams: int) -> Burst:
     runner = make()
     request = ChatRequest.of("hi")
 
-    async def one() -> Timing:
-        started = time.perf_counter()
-        first = None
-        async for chunk in runner.stream(request):
-            if first is None and chunk.delta:
-                first = time.perf_counter() - started
-        return (first or 0.0, time.perf_counter() - started)
-
-    await asyncio.gather(*(one() for _ in range(5)))
+    await asyncio.gather(*(timed_stream(runner, request) for _ in range(5)))
     started = time.perf_counter()
-    results = await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
+    results = await asyncio.gather(*(timed_stream(runner, request) for _ in range(streams)), return_exceptions=True)
     wall = time.perf_counter() - started
     timings = [r for r in results if isinstance(r, tuple)]
     return timings, streams - len(timings), wall

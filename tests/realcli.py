@@ -272,6 +272,24 @@ def opencode_env(tmp_path: str | os.PathLike[str], base_url: str | None) -> dict
     return env
 
 
+def litellm_env(home: Path, path: str) -> dict[str, str]:
+    """The environment for LiteLLM's proxy: `path` as PATH, a home of its own, and its own
+    copies of the price lists and other data it would otherwise fetch from the network."""
+    offline = (
+        "LITELLM_LOCAL_MODEL_COST_MAP",
+        "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",
+        "LITELLM_LOCAL_AUTOROUTER_PRESETS",
+        "LITELLM_LOCAL_BLOG_POSTS",
+        "LITELLM_LOCAL_POLICY_TEMPLATES",
+    )
+    return {
+        "PATH": path,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        **dict.fromkeys(offline, "True"),
+    }
+
+
 def become(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: dict[str, str]) -> dict[str, str]:
     """Make this process's environment exactly `isolated` (pytest's own variables aside), so
     that nothing of the developer's shell (keys, proxies, LLMRUN_*) reaches the tool that a

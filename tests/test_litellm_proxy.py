@@ -35,6 +35,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from llmrun.errors import RateLimitError
 from llmrun.types import ChatRequest
 
+from .realcli import litellm_env
 from .server_support import LiveServer, ScriptedRunner, live_processes, settings
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(600)]
@@ -52,18 +53,6 @@ PATH = os.environ.get("PATH", "/usr/bin:/bin")
 START_LIMIT = 180.0  # the proxy starts in seconds, but the machine may be busy
 MASTER_KEY = "sk-litellm-master"
 Json = dict[str, Any]
-
-# LiteLLM fetches price lists and other data from the network unless told to use its own copies.
-OFFLINE = {
-    name: "True"
-    for name in (
-        "LITELLM_LOCAL_MODEL_COST_MAP",
-        "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",
-        "LITELLM_LOCAL_AUTOROUTER_PRESETS",
-        "LITELLM_LOCAL_BLOG_POSTS",
-        "LITELLM_LOCAL_POLICY_TEMPLATES",
-    )
-}
 
 
 def free_port() -> int:
@@ -127,7 +116,7 @@ class Proxy:
         home.mkdir()
         path = self.tmp_path / "litellm.yaml"
         path.write_text(json.dumps(self.config, indent=2))  # JSON is YAML
-        env = {"PATH": PATH, "HOME": str(home), "LANG": "C.UTF-8", **OFFLINE}
+        env = litellm_env(home, PATH)  # the PATH of the session: the cluster empties its own
         argv = [LITELLM, "--config", str(path), "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
