@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,24 +18,9 @@ from llmrun.cli.app import app
 from llmrun.runners.claude_code import ClaudeCodeRunner
 
 from .cli_support import claude_fake, private_state
-from .conftest import FakeRun
+from .conftest import FakeRun, tiny_png
 
 cli = CliRunner()
-
-
-def tiny_png() -> bytes:
-    """A valid 1x1 PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
 
 
 PNG = tiny_png()

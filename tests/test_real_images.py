@@ -21,9 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,22 +49,11 @@ from realcli import (
     require_binary,
 )
 
+from .conftest import tiny_png
+
 pytestmark = [pytest.mark.real_cli, pytest.mark.timeout(180)]
 
 RUN_LIMIT = 90.0  # opencode and copilot take seconds to start; a broken run still fails
-
-
-def tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
 
 
 PNG_BASE64 = base64.b64encode(tiny_png()).decode()
