@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +44,27 @@ def only_installed(monkeypatch: pytest.MonkeyPatch, *keep: str) -> None:
     for name in runner_names():
         if name not in keep:
             monkeypatch.setenv(f"LLMRUN_{name.upper()}_BIN", f"/nonexistent/{name}")
+
+
+def chat_interrupted(claude: FakeRun, *args: str, runs: int = 1) -> tuple[int, str, list[dict]]:
+    """`llmrun chat ARGS` in a process of its own while the fake hangs after two lines, sent
+    Ctrl-C (SIGINT) once `runs` runs of the tool have started: (exit code, stderr, those runs)."""
+    claude.fault("hang_after=2")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "llmrun", "chat", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(claude.invocations()) < runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = claude.invocations()
+        time.sleep(0.3)  # let the tool print its two lines and hang
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    return child.returncode, err, started

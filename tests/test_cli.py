@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -20,7 +18,7 @@ from typer.testing import CliRunner
 from llmrun.cli import render
 from llmrun.cli.app import ChatCommand, app
 
-from .cli_support import SESSION, claude_fake, only_installed, private_state
+from .cli_support import SESSION, chat_interrupted, claude_fake, only_installed, private_state
 from .conftest import FakeRun, prompt_in, still_alive
 
 cli = CliRunner()
@@ -647,26 +645,8 @@ def test_runners_json_loads_no_rich(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ctrl_c_cancels_and_kills_the_tool(claude: FakeRun) -> None:
-    claude.fault("hang_after=2")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "llmrun", "chat", "-r", "claude", "hi"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not claude.invocations() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (invocation,) = claude.invocations()
-        time.sleep(0.3)  # let it print its two lines and hang
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
-    finally:
-        child.kill()
-    assert child.returncode == 130, err
+    returncode, err, (invocation,) = chat_interrupted(claude, "-r", "claude", "hi")
+    assert returncode == 130, err
     assert err.strip().splitlines()[-1] == "llmrun: Cancelled: cancelled (Ctrl-C)"
     assert still_alive([invocation["pid"]]) == []
 

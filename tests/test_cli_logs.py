@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import stat
 import subprocess
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 from llmrun.cli.app import app
 from llmrun.logs import SCHEMA_VERSION, Log, Recorder, Turn, logs_path
 
-from .cli_support import SESSION, claude_fake
+from .cli_support import SESSION, chat_interrupted, claude_fake
 from .conftest import FAKE_BIN, FAKE_TOOLS, FakeRun
 
 cli = CliRunner()
@@ -121,24 +120,8 @@ def test_every_answer_of_all_is_logged(claude: FakeRun) -> None:
 
 
 def test_a_turn_cut_short_by_ctrl_c_is_logged_as_cancelled(claude: FakeRun) -> None:
-    claude.fault("hang_after=2")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "llmrun", "chat", "-r", "claude", "hi"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not claude.invocations() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # let the tool print its two lines and hang
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=30)
-    finally:
-        child.kill()
-    assert child.returncode == 130, err
+    returncode, err, _ = chat_interrupted(claude, "-r", "claude", "hi")
+    assert returncode == 130, err
     (turn,) = logged()
     assert (turn.error_type, turn.error_message) == ("Cancelled", "cancelled (Ctrl-C)")
 

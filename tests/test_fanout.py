@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
@@ -26,7 +23,7 @@ from llmrun.routing import RouteTarget
 from llmrun.runners.base import Runner
 from llmrun.types import Capabilities, ChatChunk, ChatRequest, HealthReport
 
-from .cli_support import claude_fake
+from .cli_support import chat_interrupted, claude_fake
 from .conftest import FakeRun, still_alive
 from .server_support import LiveServer, ScriptedRunner, SilentRunner, settings
 
@@ -214,25 +211,9 @@ def test_columns_side_by_side(registered: None) -> None:
 
 
 def test_ctrl_c_stops_every_target(claude: FakeRun) -> None:
-    claude.fault("hang_after=2")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "llmrun", "chat", "-r", "claude_code,claude_code/opus", "--all", "hi"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while len(claude.invocations()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pids = [invocation["pid"] for invocation in claude.invocations()]
-        assert len(pids) == 2
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
-    finally:
-        child.kill()
-    assert child.returncode == 130, err
+    returncode, err, started = chat_interrupted(claude, "-r", "claude_code,claude_code/opus", "--all", "hi", runs=2)
+    assert len(started) == 2
+    assert returncode == 130, err
     assert still_alive(claude.pids()) == []
 
 
